@@ -1,0 +1,28 @@
+"""The API application: `create_app(settings)` builds the FastAPI app."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from api_shim import routes_health, routes_operations, routes_write
+from api_shim.problems import install_handlers
+from api_shim.state import AppState
+from writejobs.settings import Settings, load_settings
+from writejobs.wiring import Wiring, wire
+
+
+def create_app(settings: Settings | None = None, *, wiring: Wiring | None = None) -> FastAPI:
+    """The write and operations API over the given settings (or the environment)."""
+    settings = settings or load_settings()
+    wiring = wiring or wire(settings)
+    app = FastAPI(
+        title="writejobs",
+        summary="Asynchronous write jobs to your customers' SaaS apps.",
+        version="0.1.0",
+    )
+    app.state.writejobs = AppState(deps=wiring.deps, dispatch=wiring.dispatch, redis=wiring.redis)
+    install_handlers(app)
+    app.include_router(routes_write.router)
+    app.include_router(routes_operations.router)
+    app.include_router(routes_health.router)
+    return app

@@ -1,0 +1,100 @@
+"""`POST /v1/projects/{p}/integrations/{i}/objects/{objectName}`: the write endpoint."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from api_shim.auth import authenticated_project
+from api_shim.problems import ApiProblem
+from api_shim.state import AppState
+from api_shim.views import batch_response, write_result
+from writejobs.clock import iso, utcnow
+from writejobs.contract import WriteRequest, parse_write_request
+from writejobs.intake import Accepted, EnqueueFailed, WriteTarget, accept_write
+
+router = APIRouter()
+
+# Request bodies over this are refused before parsing (100 records of a CRM are far smaller).
+MAX_BODY_BYTES = 10 * 1024 * 1024
+
+_REQUEST_SCHEMA = {
+    "required": True,
+    "content": {"application/json": {"schema": WriteRequest.model_json_schema(by_alias=True)}},
+}
+
+
+@router.post(
+    "/v1/projects/{projectIdOrName}/integrations/{integrationId}/objects/{objectName}",
+    openapi_extra={"requestBody": _REQUEST_SCHEMA},
+    summary="Write records",
+    tags=["Write"],
+)
+async def write_records(
+    request: Request,
+    projectIdOrName: str,
+    integrationId: str,
+    objectName: str,  # noqa: N803
+) -> Response:
+    """Create, update or delete records: synchronously, asynchronously, or auto-batched.
+
+    200 for every success; 400 text/plain for a bad request; 422 when the
+    provider refused every record; problem+json for everything else.
+    """
+    project = await authenticated_project(request, projectIdOrName)
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise ApiProblem(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
+    write = parse_write_request(body)
+    state: AppState = request.app.state.writejobs
+    target = WriteTarget(project, integrationId, objectName)
+    try:
+        accepted = await run_in_threadpool(accept_write, target, write, state.deps, state.dispatch)
+    except EnqueueFailed as exc:
+        remedy = "The queue is unavailable; send the write again."
+        raise ApiProblem(503, str(exc), retryable=True, remedy=remedy) from exc
+    return _answer(accepted, write)
+
+
+def _answer(accepted: Accepted, write: WriteRequest) -> Response:
+    op_id = accepted.operation.id
+    if write.is_async:
+        return JSONResponse({"operationId": op_id})
+    if accepted.provider_error is not None:
+        error = accepted.provider_error
+        if error.retryable:
+            retry_after = None
+            if error.retry_after_s is not None:
+                retry_after = iso(utcnow() + timedelta(seconds=error.retry_after_s))
+            raise ApiProblem(
+                502, f"the provider is unavailable: {error.message}", retryable=True,
+                retry_after=retry_after, context={"operationId": op_id},
+                remedy="Try again later, or send the write asynchronously so we retry for you.",
+            )  # fmt: skip
+        if write.batch is not None:
+            n = len(write.batch)
+            body: dict[str, Any] = {"operationId": op_id, "successCount": 0, "failureCount": n,
+                                    "errors": [{"message": error.message}]}  # fmt: skip
+            return JSONResponse(body, status_code=422)
+        return JSONResponse(_single_fail(op_id, error.message, error.raw_response), status_code=422)
+    outcome = accepted.outcome
+    assert outcome is not None
+    if write.batch is not None:
+        status = 200 if outcome.success_count > 0 else 422
+        return JSONResponse(batch_response(op_id, outcome), status_code=status)
+    result = outcome.results[0]
+    if result.success:
+        return JSONResponse({"operationId": op_id, "result": write_result(result)})
+    return JSONResponse(_single_fail(op_id, result.error or "write failed", None), status_code=422)
+
+
+def _single_fail(op_id: str, message: str, raw: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"operationId": op_id, "errors": [{"message": message}],
+                            "result": {"success": False}}  # fmt: skip
+    if raw:
+        body["rawResponse"] = raw
+    return body

@@ -1,0 +1,117 @@
+"""The sandbox app: local stand-ins for the providers writejobs writes to.
+
+One FastAPI app holds a router per provider (HubSpot today; Salesforce and Opus
+plug in the same way) over one shared `SandboxState`, plus `/_sandbox/*` routes
+that tests and benchmarks use to read what the providers saw and to reset them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sandbox import hubspot
+from sandbox.state import LoggedRequest, SandboxState, iso_now
+
+
+def create_app(state: SandboxState | None = None) -> FastAPI:
+    """A sandbox app over `state` (a fresh one unless a test wants to hold it)."""
+    state = state or SandboxState()
+    app = FastAPI(title="writejobs provider sandbox", openapi_url=None)
+    app.state.sandbox = state
+    app.include_router(hubspot.create_router(state))
+    app.include_router(_control_router(state))
+    app.add_middleware(RequestLogMiddleware, state=state)
+
+    async def on_hubspot_error(_request: Request, error: Exception) -> Response:
+        assert isinstance(error, hubspot.HubSpotError)
+        return hubspot.hubspot_error_response(error)
+
+    async def on_invalid_body(request: Request, error: Exception) -> Response:
+        assert isinstance(error, RequestValidationError)
+        # Each provider answers a malformed body in its own error shape.
+        if request.url.path.startswith(hubspot.OBJECTS_PREFIX):
+            message = f"Invalid input JSON: {_describe(error)}"
+            return hubspot.hubspot_error_response(
+                hubspot.HubSpotError(400, "VALIDATION_ERROR", message)
+            )
+        return await request_validation_exception_handler(request, error)
+
+    app.add_exception_handler(hubspot.HubSpotError, on_hubspot_error)
+    app.add_exception_handler(RequestValidationError, on_invalid_body)
+    return app
+
+
+def _control_router(state: SandboxState) -> APIRouter:
+    router = APIRouter(prefix="/_sandbox")
+
+    @router.get("/stats")
+    def stats() -> dict[str, Any]:
+        """Calls per route template, records stored, duplicate creates and batch sizes."""
+        return state.stats()
+
+    @router.post("/reset", status_code=204)
+    def reset() -> Response:
+        """Forget every record and counter."""
+        state.reset()
+        return Response(status_code=204)
+
+    @router.get("/requests")
+    def requests() -> list[dict[str, Any]]:
+        """The last 10,000 provider requests: time, method, path, status, input count."""
+        return state.recent_requests()
+
+    return router
+
+
+class RequestLogMiddleware:
+    """Counts and logs every provider call, including the ones refused before a route ran.
+
+    A plain ASGI middleware, so it sees the final status of every response and
+    the route template FastAPI matched; endpoints report their input count in
+    `request.state.inputs`.
+    """
+
+    def __init__(self, app: ASGIApp, state: SandboxState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith("/_sandbox"):
+            await self.app(scope, receive, send)
+            return
+        status_code = 500
+
+        async def send_watching_status(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_watching_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None)
+            request_state = scope.get("state") or {}
+            self.state.log_request(
+                f"{scope['method']} {template}" if template else None,
+                LoggedRequest(
+                    at=iso_now(),
+                    method=scope["method"],
+                    path=scope["path"],
+                    status=status_code,
+                    inputs=int(request_state.get("inputs", 0)),
+                ),
+            )
+
+
+def _describe(error: RequestValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in e.get('loc', ()))}: {e.get('msg', '')}"
+        for e in error.errors()
+    )

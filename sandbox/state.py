@@ -1,0 +1,120 @@
+"""The sandbox's memory: stored records and the counters tests read back.
+
+One `SandboxState` is shared by every provider router of an app. Uvicorn runs
+sync endpoints in a thread pool, so every read and write of the state happens
+under `lock`; provider routers take it for the whole of one request so that a
+batch is stored, or refused, as one step.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+# Enough to look at a benchmark's recent traffic without growing without bound.
+MAX_LOGGED_REQUESTS = 10_000
+
+
+def iso_now() -> str:
+    """The current UTC time the way HubSpot writes it: `2024-05-01T12:00:00.123Z`."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class StoredRecord:
+    """One record as a provider keeps it."""
+
+    id: str
+    properties: dict[str, Any]
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedRequest:
+    """What the request log keeps of one call: ids and counts, never record bodies."""
+
+    at: str
+    method: str
+    path: str
+    status: int
+    inputs: int
+
+
+@dataclass(slots=True)
+class SandboxState:
+    """Records per (provider, object) and what tests assert on: calls, sizes, duplicates."""
+
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    records: dict[tuple[str, str], dict[str, StoredRecord]] = field(default_factory=dict)
+    # Unique values a provider enforces beside its records (HubSpot: contact email -> id),
+    # keyed by (provider, object, property), so a duplicate check is not a scan.
+    unique_values: dict[tuple[str, str, str], dict[str, str]] = field(default_factory=dict)
+    calls: Counter[str] = field(default_factory=Counter)
+    duplicate_creates: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+    requests: deque[LoggedRequest] = field(
+        default_factory=lambda: deque(maxlen=MAX_LOGGED_REQUESTS)
+    )
+    _last_id: int = 0
+
+    def objects(self, provider: str, object_name: str) -> dict[str, StoredRecord]:
+        """The records of one object type, created empty on first use. Call under `lock`."""
+        return self.records.setdefault((provider, object_name), {})
+
+    def unique_index(self, provider: str, object_name: str, prop: str) -> dict[str, str]:
+        """The value -> record id index of one unique property. Call under `lock`."""
+        return self.unique_values.setdefault((provider, object_name, prop), {})
+
+    def next_id(self) -> str:
+        """A new record id: numeric and increasing, like HubSpot's. Call under `lock`."""
+        self._last_id += 1
+        return str(self._last_id)
+
+    def log_request(self, route: str | None, request: LoggedRequest) -> None:
+        """Count a call under its route template (`POST /crm/v3/objects/{objectType}`)."""
+        with self.lock:
+            if route is not None:
+                self.calls[route] += 1
+            self.requests.append(request)
+
+    def stats(self) -> dict[str, Any]:
+        """The body of `GET /_sandbox/stats`."""
+        with self.lock:
+            by_object: Counter[str] = Counter()
+            for (_provider, object_name), stored in self.records.items():
+                by_object[object_name] += len(stored)
+            return {
+                "calls": dict(self.calls),
+                "records_stored": sum(by_object.values()),
+                "records_by_object": dict(by_object),
+                "duplicate_creates": self.duplicate_creates,
+                "batch_sizes": list(self.batch_sizes),
+            }
+
+    def recent_requests(self) -> list[dict[str, Any]]:
+        """The body of `GET /_sandbox/requests`, oldest first."""
+        with self.lock:
+            return [
+                {
+                    "at": r.at,
+                    "method": r.method,
+                    "path": r.path,
+                    "status": r.status,
+                    "inputs": r.inputs,
+                }
+                for r in self.requests
+            ]
+
+    def reset(self) -> None:
+        """Forget every record and counter; ids keep increasing so old ids never come back."""
+        with self.lock:
+            self.records.clear()
+            self.unique_values.clear()
+            self.calls.clear()
+            self.duplicate_creates = 0
+            self.batch_sizes.clear()
+            self.requests.clear()

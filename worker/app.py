@@ -1,0 +1,66 @@
+"""The Celery app of the worker: thin tasks that hand ids to the domain.
+
+Run it with `writejobs worker` (or `celery -A worker.app worker`). Task
+arguments are operation or batch ids only; Flower shows them, and it must never
+show a customer's record.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis
+from celery import Celery
+
+from writejobs import task_names
+from writejobs.celery_config import celery_config
+from writejobs.clock import utcnow
+from writejobs.execute import ExecutionDeps, run_operation
+from writejobs.execute_batch import run_batch
+from writejobs.logging_setup import configure_logging
+from writejobs.providers.connect import open_adapter
+from writejobs.redis_keys import Keys
+from writejobs.settings import Settings, load_settings
+from writejobs.store.db import create_session_factory, create_store_engine
+
+log = logging.getLogger(__name__)
+
+
+def create_celery(settings: Settings) -> Celery:
+    """The worker's Celery app, with its tasks bound to the given settings."""
+    app = Celery("writejobs")
+    app.conf.update(celery_config(settings))
+    deps = ExecutionDeps(
+        settings=settings,
+        sessions=create_session_factory(create_store_engine(settings)),
+        open_adapter=open_adapter,
+        clock=utcnow,
+    )
+    client = redis.Redis.from_url(settings.effective_redis_url)
+    keys = Keys(settings.redis_namespace)
+
+    def note_batch_start(batch_id: str) -> None:
+        # Time from the claim (the 100th append, or the due time) to the write starting.
+        claimed_at = client.hget(keys.batch(batch_id), "claimed_at")
+        if claimed_at is not None:
+            delay_ms = round((time.time() - float(claimed_at)) * 1000)
+            client.lpush(keys.samples("claim_to_start_ms"), delay_ms)
+            client.ltrim(keys.samples("claim_to_start_ms"), 0, 999)
+
+    @app.task(name=task_names.WRITE_OPERATION)
+    def write_operation(operation_id: str) -> str | None:
+        """Write one asynchronous operation (single record or explicit batch)."""
+        state = run_operation(operation_id, deps)
+        return state.value if state is not None else None
+
+    @app.task(name=task_names.WRITE_BATCH)
+    def write_batch(batch_id: str) -> dict[str, int]:
+        """Write one flushed auto-batch; each member operation gets its own result."""
+        return run_batch(batch_id, deps, on_start=note_batch_start)
+
+    return app
+
+
+configure_logging(load_settings())
+app = create_celery(load_settings())

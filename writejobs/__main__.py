@@ -1,0 +1,3 @@
+from writejobs.cli import main
+
+main()

@@ -1,0 +1,211 @@
+"""Auto-batching: buffer single records per group, flush them as provider batches.
+
+A group flushes at once when its 100th record arrives (the append claims it in
+the same Lua step), and otherwise when its earliest member's due time passes
+(found through one sorted set of group due times, so a tick costs O(log n) in
+the number of groups plus the due ones). A claim is atomic, so any number of
+API processes and schedulers share the work with no leader.
+
+Flushing a claimed batch is: mark its members `queued` in SQL, send the
+`write_batch` task (batch id only), forget the claim. A crash between any two
+steps leaves the claim in the `unsent` set for the recovery sweep to finish,
+and SQL `pending` rows that Redis lost are buffered again.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import redis
+from sqlalchemy.orm import Session, sessionmaker
+
+from writejobs.clock import Clock, as_utc
+from writejobs.redis_keys import (
+    APPEND_SCRIPT,
+    BATCH_LIMIT,
+    CLAIM_DUE_SCRIPT,
+    IS_BUFFERED_SCRIPT,
+    Keys,
+    group_key,
+)
+from writejobs.store import operations_repo
+from writejobs.store.tables import Operation
+
+log = logging.getLogger(__name__)
+
+# Samples kept per latency metric (newest first).
+_SAMPLES_KEPT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    batch_id: str
+    group: str
+    reason: str
+    member_ids: list[str]
+
+
+@dataclass(slots=True)
+class TickReport:
+    """What one scheduler pass did."""
+
+    flushed: list[Claim] = field(default_factory=list)
+    resent: list[str] = field(default_factory=list)
+    rebuffered: list[str] = field(default_factory=list)
+
+
+class AutoBatcher:
+    """Buffers auto-batched operations in Redis and flushes them as batches."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        sessions: sessionmaker[Session],
+        send_batch: Callable[[str], None],
+        *,
+        keys: Keys | None = None,
+        clock: Clock,
+        batch_limit: int = BATCH_LIMIT,
+        unsent_grace_s: float = 10.0,
+        orphan_grace_s: float = 30.0,
+    ) -> None:
+        self.redis = client
+        self.sessions = sessions
+        self.send_batch = send_batch
+        self.keys = keys or Keys()
+        self.clock = clock
+        self.batch_limit = batch_limit
+        self.unsent_grace_s = unsent_grace_s
+        self.orphan_grace_s = orphan_grace_s
+        self._append = client.register_script(APPEND_SCRIPT)
+        self._claim_due = client.register_script(CLAIM_DUE_SCRIPT)
+        self._is_buffered = client.register_script(IS_BUFFERED_SCRIPT)
+
+    def buffer(self, op: Operation) -> Claim | None:
+        """Add an accepted pending operation to its group; flush at once if that fills it."""
+        assert op.max_delay_s is not None
+        group = group_key(op.installation_id, op.object_name, op.write_type)
+        due_at = as_utc(op.created_at).timestamp() + op.max_delay_s
+        batch_id = str(uuid.uuid4())
+        now = self.clock().timestamp()
+        ids = self._append(
+            keys=[
+                self.keys.buffer(group),
+                self.keys.due,
+                self.keys.batch(batch_id),
+                self.keys.unsent,
+            ],
+            args=[group, op.id, repr(due_at), repr(now), self.batch_limit],
+        )
+        if not ids:
+            return None
+        claim = Claim(batch_id, group, "size", [_text(i) for i in ids])
+        self.flush(claim)
+        return claim
+
+    def tick(self, now: datetime, *, max_groups: int = 1000) -> TickReport:
+        """One pass: flush due groups, finish unsent claims, re-buffer lost pending rows."""
+        report = TickReport()
+        now_s = now.timestamp()
+        due_groups = self.redis.zrangebyscore(self.keys.due, "-inf", now_s, start=0, num=max_groups)
+        for raw_group in due_groups:
+            group = _text(raw_group)
+            while True:
+                batch_id = str(uuid.uuid4())
+                ids = self._claim_due(
+                    keys=[self.keys.buffer(group), self.keys.due, self.keys.batch(batch_id),
+                          self.keys.unsent],
+                    args=[group, repr(now_s), self.batch_limit],
+                )  # fmt: skip
+                if not ids:
+                    break
+                claim = Claim(batch_id, group, "time", [_text(i) for i in ids])
+                self.flush(claim)
+                report.flushed.append(claim)
+        report.resent = self.resend_unsent(now)
+        report.rebuffered = self.rebuffer_orphans(now)
+        return report
+
+    def flush(self, claim: Claim) -> None:
+        """Record the batch in SQL, send its task, then forget the claim (in that order)."""
+        now = self.clock()
+        with self.sessions() as session:
+            moved = operations_repo.assign_batch(
+                session, claim.member_ids, claim.batch_id, claim.reason, now=now
+            )
+            for op_id in claim.member_ids:
+                operations_repo.add_log(
+                    session, op_id, f"flushed in batch ({claim.reason})", now=now,
+                    details={"batch_id": claim.batch_id, "batch_size": len(claim.member_ids),
+                             "reason": claim.reason},
+                )  # fmt: skip
+            session.commit()
+        self.send_batch(claim.batch_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrem(self.keys.unsent, self.keys.batch(claim.batch_id))
+        # Kept a day for metrics and debugging; SQL holds the batch for good.
+        pipe.expire(self.keys.batch(claim.batch_id), 86400)
+        pipe.execute()
+        self._record_flush(claim, now, moved)
+
+    def resend_unsent(self, now: datetime) -> list[str]:
+        """Finish claims whose flusher died between claim and send (older than the grace)."""
+        cutoff = now.timestamp() - self.unsent_grace_s
+        resent: list[str] = []
+        for raw_key in self.redis.zrangebyscore(self.keys.unsent, "-inf", cutoff):
+            batch_key = _text(raw_key)
+            meta = {_text(k): _text(v) for k, v in self.redis.hgetall(batch_key).items()}
+            batch_id = batch_key.rsplit(":", 1)[-1]
+            if not meta:
+                self.redis.zrem(self.keys.unsent, batch_key)
+                continue
+            log.warning("batch %s: claimed but not sent; sending it now", batch_id)
+            claim = Claim(batch_id, meta["group"], meta["reason"], meta["members"].split(","))
+            self.flush(claim)
+            resent.append(batch_id)
+        return resent
+
+    def rebuffer_orphans(self, now: datetime, *, limit: int = 1000) -> list[str]:
+        """Buffer again pending operations that are in no buffer and no claim.
+
+        That happens when the API died between its commit and its append, or
+        when Redis lost its data; SQL is the source of truth.
+        """
+        with self.sessions() as session:
+            older_than = now - timedelta(seconds=self.orphan_grace_s)
+            candidates = operations_repo.stale_pending(session, older_than=older_than, limit=limit)
+        rebuffered: list[str] = []
+        for op in candidates:
+            group = group_key(op.installation_id, op.object_name, op.write_type)
+            found = self._is_buffered(
+                keys=[self.keys.buffer(group)], args=[op.id, self.keys.unsent, self.keys.namespace]
+            )
+            if found:
+                continue
+            log.warning("operation %s: pending but in no buffer; buffering it again", op.id)
+            self.buffer(op)
+            rebuffered.append(op.id)
+        return rebuffered
+
+    def _record_flush(self, claim: Claim, now: datetime, moved: int) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrby(self.keys.metrics, f"flushes:{claim.reason}", 1)
+        pipe.hincrby(self.keys.metrics, "records_flushed", moved)
+        samples = {"batch_size": len(claim.member_ids)}
+        if claim.reason == "time":
+            earliest_due = self.redis.hget(self.keys.batch(claim.batch_id), "earliest_due")
+            if earliest_due is not None:
+                lateness_ms = (now.timestamp() - float(earliest_due)) * 1000
+                samples["due_to_flush_ms"] = round(lateness_ms)
+        for name, value in samples.items():
+            pipe.lpush(self.keys.samples(name), value)
+            pipe.ltrim(self.keys.samples(name), 0, _SAMPLES_KEPT - 1)
+        pipe.execute()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,42 @@
+"""The Celery configuration every process shares, and the sender the API uses.
+
+Late acks, reject on worker lost and prefetch 1: a worker killed mid-write gets
+its task redelivered, and the operation state machine makes that safe. JSON
+only, and task arguments are ids only, so Flower never shows a customer's data.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from writejobs.settings import Settings
+
+
+def celery_config(settings: Settings) -> dict[str, object]:
+    return {
+        "broker_url": settings.broker_url,
+        "task_default_queue": settings.celery_queue,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "task_ignore_result": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "broker_transport_options": {
+            # Long waits never ride on ETA tasks (see DESIGN.md), so an hour is
+            # only the redelivery delay for a task whose worker died silently.
+            "visibility_timeout": 3600,
+        },
+    }
+
+
+def create_sender(settings: Settings) -> Celery:
+    """A Celery app with no tasks of its own: it only sends tasks by name."""
+    app = Celery("writejobs-sender")
+    app.conf.update(celery_config(settings))
+    return app

@@ -1,0 +1,297 @@
+"""The `writejobs` command: start the whole system, or any one piece, and administer it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Annotated
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from writejobs.settings import Settings, load_settings
+
+console = Console()
+app = typer.Typer(help="writejobs: asynchronous write jobs to your customers' SaaS apps.",
+                  no_args_is_help=True, add_completion=False)  # fmt: skip
+admin = typer.Typer(help="Create projects, API keys, integrations and installations.",
+                    no_args_is_help=True)  # fmt: skip
+app.add_typer(admin, name="admin")
+
+
+def main() -> None:
+    app()
+
+
+@app.command()
+def up(
+    demo: Annotated[
+        bool, typer.Option(help="Send a sample workload and show its outcome.")
+    ] = False,
+) -> None:
+    """Start everything on this machine: Redis (embedded if unset), API, worker, scheduler,
+    Flower and the sandbox provider. Ctrl-C stops them all."""
+    from writejobs.bootstrap import ensure_demo
+    from writejobs.embedded_redis import EmbeddedRedis
+    from writejobs.store.migrate import migrate
+    from writejobs.supervisor import Supervisor, python_module
+
+    settings = load_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+
+    def _stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+
+    env = dict(os.environ)
+    embedded = None
+    if settings.redis_url is None:
+        embedded = EmbeddedRedis(settings.data_dir, settings.embedded_redis_socket)
+        embedded.start()
+        env["WRITEJOBS_REDIS_URL"] = embedded.url
+        console.print(f"[green]embedded Redis[/] on {embedded.url} (AOF in {settings.data_dir})")
+    env["WRITEJOBS_DATA_DIR"] = str(settings.data_dir.resolve())
+    child_settings = Settings(redis_url=env["WRITEJOBS_REDIS_URL"], data_dir=settings.data_dir,
+                              database_url=settings.database_url)  # fmt: skip
+    supervisor = Supervisor(env=env, log_dir=str(settings.data_dir))
+    try:
+        migrate(child_settings)
+        api_url = f"http://{settings.api_host}:{settings.api_port}"
+        sandbox_url = f"http://127.0.0.1:{settings.sandbox_port}"
+        flower_url = f"http://127.0.0.1:{settings.flower_port}"
+        details = ensure_demo(child_settings, api_url=api_url, sandbox_url=sandbox_url,
+                              flower_url=flower_url)  # fmt: skip
+        supervisor.start("sandbox", python_module("writejobs", "sandbox"))
+        supervisor.start("api", python_module("writejobs", "api"))
+        supervisor.start("worker", python_module("writejobs", "worker"))
+        supervisor.start("scheduler", python_module("writejobs", "scheduler"))
+        supervisor.start("flower", python_module("writejobs", "flower"))
+        ready = _wait_ready(
+            {"api": f"{api_url}/readyz", "sandbox": f"{sandbox_url}/_sandbox/stats",
+             "flower": f"{flower_url}/healthcheck"},
+            supervisor, stop,
+        )  # fmt: skip
+        if ready:
+            _print_urls(details, settings)
+            if demo:
+                from writejobs.demo import run_demo
+
+                run_demo(details, console, stop)
+            console.print("[bold]writejobs is running.[/] Press Ctrl-C to stop.")
+            while not stop.is_set():
+                dead = supervisor.exited()
+                if dead:
+                    names = ", ".join(c.name for c in dead)
+                    console.print(
+                        f"[red]{names} stopped unexpectedly[/]; see {settings.data_dir}/*.log"
+                    )
+                    break
+                stop.wait(0.5)
+    finally:
+        console.print("stopping…")
+        supervisor.stop_all()
+        if embedded is not None:
+            embedded.stop()
+        console.print("stopped.")
+
+
+def _wait_ready(urls: dict[str, str], supervisor: object, stop: threading.Event,
+                timeout_s: float = 90.0) -> bool:  # fmt: skip
+    from writejobs.supervisor import Supervisor
+
+    assert isinstance(supervisor, Supervisor)
+    pending = dict(urls)
+    deadline = time.monotonic() + timeout_s
+    with console.status("starting…"):
+        while pending and not stop.is_set() and time.monotonic() < deadline:
+            if supervisor.exited():
+                names = ", ".join(c.name for c in supervisor.exited())
+                console.print(f"[red]{names} exited during start[/]; see the logs in the data dir")
+                return False
+            for name, url in list(pending.items()):
+                try:
+                    if httpx.get(url, timeout=1.0).status_code == 200:
+                        del pending[name]
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.2)
+    if pending:
+        console.print(f"[red]not ready in time: {', '.join(pending)}[/]")
+    return not pending and not stop.is_set()
+
+
+def _print_urls(details: dict[str, str], settings: Settings) -> None:
+    table = Table(title="writejobs is up", show_header=True)
+    table.add_column("what")
+    table.add_column("where")
+    table.add_row("API", details["api_url"])
+    table.add_row("API docs", details["api_url"] + "/docs")
+    table.add_row("Flower", details["flower_url"])
+    table.add_row("Sandbox provider", details["sandbox_url"])
+    table.add_row("Demo details", str(settings.data_dir / "demo.json"))
+    table.add_row("Logs", str(settings.data_dir / "*.log"))
+    console.print(table)
+
+
+@app.command()
+def api() -> None:
+    """Run the HTTP API (uvicorn) on WRITEJOBS_API_HOST:WRITEJOBS_API_PORT."""
+    import uvicorn
+
+    from api_shim.app import create_app
+    from writejobs.logging_setup import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings)
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port,
+                log_level=settings.log_level.lower(), access_log=False)  # fmt: skip
+
+
+@app.command()
+def worker() -> None:
+    """Run a Celery worker (prefork, late acks, prefetch 1)."""
+    settings = load_settings()
+    _exec_celery("worker", "--loglevel", settings.log_level, "--concurrency",
+                 str(settings.worker_concurrency), "--queues", settings.celery_queue,
+                 "--hostname", f"writejobs-{os.getpid()}@%h", "--pool", "prefork")  # fmt: skip
+
+
+@app.command()
+def flower() -> None:
+    """Run Flower, the Celery monitor, on 127.0.0.1:WRITEJOBS_FLOWER_PORT."""
+    settings = load_settings()
+    _exec_celery("flower", f"--port={settings.flower_port}", "--address=127.0.0.1")
+
+
+def _exec_celery(*args: str) -> None:
+    import sys
+
+    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "worker.app", *args])
+
+
+@app.command()
+def scheduler() -> None:
+    """Run the auto-batch grouper and recovery sweeps (any number may run side by side)."""
+    from scheduler.main import run_scheduler
+    from writejobs.logging_setup import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings)
+    run_scheduler(settings)
+
+
+@app.command()
+def sandbox() -> None:
+    """Run the sandbox provider (HubSpot wire format) on 127.0.0.1:WRITEJOBS_SANDBOX_PORT."""
+    import uvicorn
+
+    from sandbox.app import create_app
+
+    settings = load_settings()
+    uvicorn.run(create_app(), host="127.0.0.1", port=settings.sandbox_port,
+                log_level="warning", access_log=False)  # fmt: skip
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the store's migrations (idempotent)."""
+    from writejobs.store.migrate import migrate as run_migrations
+
+    run_migrations(load_settings())
+    console.print("migrated.")
+
+
+@admin.command("create-project")
+def create_project(name: str) -> None:
+    """Create a project and print its id."""
+    from writejobs.clock import utcnow
+    from writejobs.store import tenants_repo
+
+    with _sessions() as session:
+        project = tenants_repo.create_project(session, name, now=utcnow())
+        session.commit()
+        console.print(project.id)
+
+
+@admin.command("create-api-key")
+def create_api_key(project: str, label: str = "") -> None:
+    """Create an API key for a project; the key is printed once and stored hashed."""
+    from writejobs.clock import utcnow
+    from writejobs.store import tenants_repo
+
+    with _sessions() as session:
+        found = _project(session, project)
+        key = tenants_repo.create_api_key(session, found.id, now=utcnow(), label=label)
+        session.commit()
+        console.print(key.plain_key)
+
+
+@admin.command("create-integration")
+def create_integration(project: str, name: str, provider: str = "hubspot") -> None:
+    """Create an integration (one provider use-case) in a project."""
+    from writejobs.clock import utcnow
+    from writejobs.store import tenants_repo
+
+    with _sessions() as session:
+        found = _project(session, project)
+        integration = tenants_repo.create_integration(
+            session, found.id, name, provider, now=utcnow()
+        )
+        session.commit()
+        console.print(integration.id)
+
+
+@admin.command("create-installation")
+def create_installation(
+    project: str,
+    integration: str,
+    group_ref: str,
+    base_url: Annotated[str, typer.Option(help="The provider's API root.")],
+    token: Annotated[str, typer.Option(help="Bearer token for the provider.")] = "",
+    deletable: Annotated[
+        list[str] | None, typer.Option(help="Objects that may be deleted.")
+    ] = None,
+) -> None:
+    """Create an installation: a customer's (groupRef's) instance of an integration."""
+    from writejobs.clock import utcnow
+    from writejobs.store import tenants_repo
+
+    with _sessions() as session:
+        found = _project(session, project)
+        integ = tenants_repo.find_integration(session, found.id, integration)
+        if integ is None:
+            raise typer.BadParameter(f"integration {integration!r} not found")
+        installation = tenants_repo.create_installation(
+            session, integ, group_ref, base_url, now=utcnow(),
+            credentials={"access_token": token} if token else {},
+            deletable_objects=list(deletable or []),
+        )  # fmt: skip
+        session.commit()
+        console.print(installation.id)
+
+
+def _sessions():  # type: ignore[no-untyped-def]
+    from writejobs.store.db import create_session_factory, create_store_engine
+
+    return create_session_factory(create_store_engine(load_settings()))()
+
+
+def _project(session, id_or_name: str):  # type: ignore[no-untyped-def]
+    from writejobs.store import tenants_repo
+
+    found = tenants_repo.find_project(session, id_or_name)
+    if found is None:
+        raise typer.BadParameter(f"project {id_or_name!r} not found")
+    return found
+
+
+if __name__ == "__main__":
+    main()

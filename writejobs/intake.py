@@ -1,0 +1,173 @@
+"""Accepting a write: route it to an installation, record it, then run, queue or buffer it.
+
+The API's write route is a thin edge over `accept_write`. Every accepted write
+is an operation row committed before anything else happens, so an id the
+client holds always names a real row.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy.orm import Session
+
+from writejobs.contract import WriteRequest
+from writejobs.errors import ContractError, NotFound, ProviderError, WritejobsError
+from writejobs.execute import ExecutionDeps, call_provider, record_failure, record_outcome
+from writejobs.operations import State
+from writejobs.providers.base import BatchOutcome
+from writejobs.store import operations_repo, tenants_repo
+from writejobs.store.tables import Installation, Operation, Project
+
+log = logging.getLogger(__name__)
+
+
+class EnqueueFailed(WritejobsError):
+    """The broker could not take the task; the operation was failed, not lost silently."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteTarget:
+    """Where a write goes, from the request path and the caller's project."""
+
+    project: Project
+    integration_id_or_name: str
+    object_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """What the API answers from: the operation, and for sync writes what happened."""
+
+    operation: Operation
+    outcome: BatchOutcome | None = None
+    provider_error: ProviderError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """How accepted asynchronous work leaves the intake (injected: Celery, Redis)."""
+
+    send_operation: Callable[[str], None]
+    buffer_operation: Callable[[Operation], None]
+
+
+def accept_write(
+    target: WriteTarget, request: WriteRequest, deps: ExecutionDeps, dispatch: Dispatch
+) -> Accepted:
+    """Validate routing, commit the operation row, then execute, enqueue or buffer it.
+
+    Raises `NotFound` for an unknown integration, `ContractError` for a request
+    the installation cannot take, and `EnqueueFailed` when the broker is down.
+    """
+    with deps.sessions() as session:
+        now = deps.clock()
+        integration = tenants_repo.find_integration(
+            session, target.project.id, target.integration_id_or_name
+        )
+        if integration is None:
+            raise NotFound(f"integration {target.integration_id_or_name!r} not found")
+        installation = tenants_repo.find_installation(session, integration.id, request.group_ref)
+        if installation is None:
+            raise ContractError(
+                f"groupRef {request.group_ref!r} has no installation of integration "
+                f"{integration.name!r}"
+            )
+        if request.type == "delete" and target.object_name not in installation.deletable_objects:
+            raise ContractError(
+                f"deletion is not enabled for object {target.object_name!r} in this installation"
+            )
+        op = _new_operation(target, request, installation, deps)
+        session.add(op)
+        operations_repo.add_log(
+            session, op.id, "write accepted", now=now,
+            details={"mode": request.mode, "type": request.type, "shape": op.shape,
+                     "records": op.record_count},
+        )  # fmt: skip
+        session.commit()
+        if op.shape == "auto_batch":
+            dispatch.buffer_operation(op)
+            return Accepted(op)
+        if request.is_async:
+            try:
+                dispatch.send_operation(op.id)
+            except Exception as exc:
+                log.exception("operation %s: could not enqueue", op.id)
+                error = ProviderError(f"could not enqueue the write: {type(exc).__name__}",
+                                      provider="writejobs")  # fmt: skip
+                record_failure(session, op, error, deps)
+                raise EnqueueFailed(error.message) from exc
+            return Accepted(op)
+        return _run_inline(session, op, installation, request, deps)
+
+
+def _run_inline(
+    session: Session,
+    op: Operation,
+    installation: Installation,
+    request: WriteRequest,
+    deps: ExecutionDeps,
+) -> Accepted:
+    """A synchronous write: the provider is called inside the request."""
+    try:
+        with deps.open_adapter(installation, deps.settings) as adapter:
+            outcome = call_provider(adapter, op, request)
+    except ProviderError as exc:
+        record_failure(session, op, exc, deps)
+        return Accepted(op, provider_error=exc)
+    record_outcome(session, op, outcome, deps)
+    return Accepted(op, outcome=outcome)
+
+
+def _new_operation(
+    target: WriteTarget,
+    request: WriteRequest,
+    installation: Installation,
+    deps: ExecutionDeps,
+) -> Operation:
+    now = deps.clock()
+    scale = deps.settings.policy_time_scale
+    shape = "batch" if request.batch is not None else "single"
+    deadline_at = None
+    max_delay_s = None
+    if request.auto_batch_policy is not None:
+        shape = "auto_batch"
+        max_delay_s = request.auto_batch_policy.max_delay_minutes * 60 * scale
+        deadline_at = now + timedelta(hours=request.auto_batch_policy.retry_deadline_hours * scale)
+    elif request.is_async:
+        hours = request.retry_policy.deadline_hours if request.retry_policy else 1
+        deadline_at = now + timedelta(hours=hours * scale)
+    if request.auto_batch_policy is not None:
+        state = State.PENDING
+    elif request.is_async:
+        state = State.QUEUED
+    else:
+        # A synchronous write runs at once, in this request, as its first attempt.
+        state = State.RUNNING
+    return Operation(
+        id=str(uuid.uuid4()),
+        project_id=target.project.id,
+        integration_id=installation.integration_id,
+        installation_id=installation.id,
+        config_id=installation.config_id,
+        object_name=target.object_name,
+        write_type=request.type,
+        mode=request.mode,
+        shape=shape,
+        request=request.model_dump(mode="json", by_alias=True, exclude_none=True),
+        state=state.value,
+        attempts=0 if request.is_async else 1,
+        record_count=len(request.batch) if request.batch is not None else 1,
+        deadline_at=deadline_at,
+        max_delay_s=max_delay_s,
+        lease_expires_at=None
+        if request.is_async
+        else now + timedelta(seconds=deps.settings.running_lease_s),
+        last_attempt_at=None if request.is_async else now,
+        created_at=now,
+        updated_at=now,
+    )

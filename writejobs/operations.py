@@ -1,0 +1,66 @@
+"""The operation state machine: states, allowed moves, and the public status.
+
+    pending ──▶ queued ──▶ running ──▶ succeeded | partially_succeeded | failed | expired
+                  ▲           │  ▲
+                  │           ▼  │
+                  └──────── retrying
+
+`pending` is an auto-batched record waiting in its group's buffer. A move is a
+compare-and-set in SQL (see `store.operations_repo.transition`), so a task that
+is delivered twice can never run a finished operation again.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class State(StrEnum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    PARTIALLY_SUCCEEDED = "partially_succeeded"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+TERMINAL: frozenset[State] = frozenset(
+    {State.SUCCEEDED, State.PARTIALLY_SUCCEEDED, State.FAILED, State.EXPIRED}
+)
+
+# Which states each state may be entered from. `running` may be re-entered from
+# `running` only when the previous holder's lease has lapsed (a dead worker);
+# the repository adds that condition.
+ALLOWED_FROM: dict[State, frozenset[State]] = {
+    State.PENDING: frozenset(),
+    State.QUEUED: frozenset({State.PENDING, State.RETRYING}),
+    State.RUNNING: frozenset({State.QUEUED, State.RETRYING, State.RUNNING}),
+    State.RETRYING: frozenset({State.RUNNING}),
+    State.SUCCEEDED: frozenset({State.RUNNING}),
+    State.PARTIALLY_SUCCEEDED: frozenset({State.RUNNING}),
+    State.FAILED: frozenset({State.RUNNING, State.QUEUED, State.PENDING, State.RETRYING}),
+    State.EXPIRED: frozenset({State.RUNNING, State.QUEUED, State.PENDING, State.RETRYING}),
+}
+
+
+def public_status(state: str) -> str:
+    """The contract's `status`: `in_progress` until terminal, then `success` or `failure`.
+
+    A partially successful batch is `success`, as the contract says of batches.
+    """
+    if state in (State.SUCCEEDED, State.PARTIALLY_SUCCEEDED):
+        return "success"
+    if state in (State.FAILED, State.EXPIRED):
+        return "failure"
+    return "in_progress"
+
+
+def outcome_state(success_count: int, failure_count: int) -> State:
+    """The terminal state for a finished write with these record counts."""
+    if failure_count == 0:
+        return State.SUCCEEDED
+    if success_count == 0:
+        return State.FAILED
+    return State.PARTIALLY_SUCCEEDED

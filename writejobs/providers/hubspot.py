@@ -1,0 +1,345 @@
+"""The HubSpot adapter: CRM v3 object writes, one record at a time or in batches of 100.
+
+Wire format (contract section 6.2): single writes send `{"properties", "associations"?}`
+and get the record back; batch creates send `objectWriteTraceId` (the index in the
+chunk) unless the caller wants all or none, which leaves HubSpot to refuse the whole
+chunk when one input is bad; batch updates are always partial. Results come back
+unordered, so they are matched to inputs by trace id (creates) or id (updates).
+
+Every failed call is classified by `classify_failure`, the one place that knows which
+HubSpot answers are worth retrying.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx
+
+from writejobs.errors import PermanentProviderError, ProviderError, RetryableProviderError
+from writejobs.providers.base import (
+    BatchOutcome,
+    RecordResult,
+    WriteItem,
+    WriteOptions,
+    WriteType,
+)
+
+PROVIDER = "hubspot"
+OBJECTS_PATH = "/crm/v3/objects"
+# 477 is HubSpot's "portal is migrating between data centres": it passes on its own.
+_RETRYABLE_STATUSES = frozenset({408, 429, 477})
+# Bad credentials fail every record alike, so they are the call's failure, not a record's.
+_CALL_FAILURE_STATUSES = frozenset({401, 403})
+# Per-record batch errors carry a category but no HTTP status; these are HubSpot's own.
+_CATEGORY_STATUS = {"VALIDATION_ERROR": 400, "OBJECT_NOT_FOUND": 404, "CONFLICT": 409}
+_RAW_RESPONSE_CHARS = 2000
+_NO_RESULT = "HubSpot returned no result for this record"
+
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class HubSpotAdapter:
+    """Writes CRM v3 objects through an `httpx.Client` whose `base_url` and bearer are set.
+
+    `write_one` raises `RetryableProviderError` (connection errors, timeouts, 408,
+    429, 477, 5xx) or `PermanentProviderError` (401, 403, unreadable 2xx) when the
+    call itself fails; any other 4xx is HubSpot rejecting the record and comes back
+    as a failed `RecordResult`. `write_batch` never raises.
+
+    TODO: associations on batch update need a follow-up call to HubSpot's
+    associations batch API; they are dropped for now.
+    """
+
+    provider: str = PROVIDER
+    max_batch_size: int = 100
+
+    def __init__(self, client: httpx.Client, *, clock: Clock = _utc_now) -> None:
+        self._client = client
+        # Turns a Retry-After HTTP-date into seconds; injected so tests fix "now".
+        self._clock = clock
+
+    def write_one(
+        self, object_name: str, write_type: WriteType, item: WriteItem, options: WriteOptions
+    ) -> RecordResult:
+        """Create (`POST`), update (`PATCH`, id from `record["id"]`) or delete one record."""
+        record_id: str | None = None
+        if write_type == "create":
+            body: dict[str, Any] = {"properties": item.record}
+            if item.associations:
+                body["associations"] = item.associations
+            response = self._send("POST", _objects_path(object_name), body)
+        else:
+            record_id, properties = _split_id(item.record)
+            if record_id is None:
+                return _missing_id(write_type)
+            path = _objects_path(object_name, record_id)
+            if write_type == "delete":
+                response = self._send("DELETE", path)
+            else:
+                response = self._send("PATCH", path, {"properties": properties})
+
+        if response.is_success:
+            if write_type == "delete":
+                return RecordResult(success=True, record_id=record_id)
+            return _success(_json_object(response))
+        error = classify_failure(response, now=self._clock())
+        if not rejects_the_record(error):
+            raise error
+        return RecordResult(success=False, error=error.message, status_code=error.status_code)
+
+    def write_batch(
+        self,
+        object_name: str,
+        write_type: Literal["create", "update"],
+        items: list[WriteItem],
+        options: WriteOptions,
+    ) -> BatchOutcome:
+        """Write `items` in chunks of 100; one result per item, in input order.
+
+        A chunk whose call fails marks all of its records failed (retryable when the
+        failure is), and the outcome's `retry_after_s` is the longest any chunk was
+        asked to wait. `options.all_or_none` applies to creates; updates are always
+        partial on HubSpot.
+        """
+        results: list[RecordResult] = []
+        errors: list[str] = []
+        retry_after_s: float | None = None
+        for start in range(0, len(items), self.max_batch_size):
+            chunk = items[start : start + self.max_batch_size]
+            outcome = self._write_chunk(object_name, write_type, chunk, options)
+            results.extend(outcome.results)
+            errors.extend(outcome.errors)
+            if outcome.retry_after_s is not None:
+                retry_after_s = max(retry_after_s or 0.0, outcome.retry_after_s)
+        return BatchOutcome(results=results, errors=errors, retry_after_s=retry_after_s)
+
+    def _write_chunk(
+        self,
+        object_name: str,
+        write_type: Literal["create", "update"],
+        chunk: list[WriteItem],
+        options: WriteOptions,
+    ) -> BatchOutcome:
+        # Inputs are built per position; a record that cannot be sent fails here alone.
+        early: dict[int, RecordResult] = {}
+        inputs: list[dict[str, Any]] = []
+        keys: dict[int, str | None] = {}
+        for position, item in enumerate(chunk):
+            if write_type == "create":
+                trace_id = None if options.all_or_none else str(position)
+                inputs.append(_create_input(item, trace_id))
+                keys[position] = trace_id
+                continue
+            record_id, properties = _split_id(item.record)
+            if record_id is None:
+                early[position] = _missing_id("update")
+                continue
+            inputs.append({"id": record_id, "properties": properties})
+            keys[position] = record_id
+        if not inputs:
+            return BatchOutcome(results=[early[p] for p in range(len(chunk))])
+
+        path = f"{_objects_path(object_name)}/batch/{write_type}"
+        try:
+            response = self._send("POST", path, {"inputs": inputs})
+            if not response.is_success:
+                raise classify_failure(response, now=self._clock())
+            body = _json_object(response)
+        except ProviderError as error:
+            failed = RecordResult(
+                success=False,
+                error=error.message,
+                retryable=error.retryable,
+                status_code=error.status_code,
+            )
+            return BatchOutcome(
+                results=[early.get(p, failed) for p in range(len(chunk))],
+                retry_after_s=error.retry_after_s,
+            )
+
+        context_key = "objectWriteTraceId" if write_type == "create" else "ids"
+        result_key = "objectWriteTraceId" if write_type == "create" else "id"
+        matched, unmatched = _match(keys, body, context_key=context_key, result_key=result_key)
+        matched |= early
+        results = [
+            matched.get(p, RecordResult(success=False, error=_NO_RESULT)) for p in range(len(chunk))
+        ]
+        return BatchOutcome(results=results, errors=unmatched)
+
+    def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        try:
+            return self._client.request(method, path, json=body)
+        except httpx.TransportError as exc:
+            raise classify_failure(exc, now=self._clock()) from exc
+
+
+def classify_failure(
+    failure: httpx.Response | httpx.TransportError, *, now: datetime
+) -> ProviderError:
+    """The error a failed HubSpot call stands for: retryable or permanent.
+
+    Retryable: connection errors and timeouts, 408, 429, 477 and 5xx, with the
+    response's `Retry-After` (seconds or an HTTP-date, relative to `now`) in
+    `retry_after_s`. Permanent: every other 4xx, with HubSpot's `message`.
+    """
+    if isinstance(failure, httpx.TransportError):
+        message = str(failure) or type(failure).__name__
+        return RetryableProviderError(f"HubSpot unreachable: {message}", provider=PROVIDER)
+    status = failure.status_code
+    raw = failure.text[:_RAW_RESPONSE_CHARS]
+    message = _hubspot_message(failure)
+    if status in _RETRYABLE_STATUSES or status >= 500:
+        retry_after_s = parse_retry_after(failure.headers.get("Retry-After"), now=now)
+        return RetryableProviderError(
+            message,
+            provider=PROVIDER,
+            status_code=status,
+            retry_after_s=retry_after_s,
+            raw_response=raw,
+        )
+    return PermanentProviderError(message, provider=PROVIDER, status_code=status, raw_response=raw)
+
+
+def rejects_the_record(error: ProviderError) -> bool:
+    """Whether a failed single-record call means "this record is refused" (400, 404, 409…)."""
+    return not error.retryable and error.status_code not in _CALL_FAILURE_STATUSES
+
+
+def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
+    """Seconds to wait from a `Retry-After` header: delay-seconds or an HTTP-date."""
+    if value is None or not value.strip():
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            at = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        seconds = (at - now).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _match(
+    keys: dict[int, str | None],
+    body: dict[str, Any],
+    *,
+    context_key: str,
+    result_key: str,
+) -> tuple[dict[int, RecordResult], list[str]]:
+    """Per-position results of a batch response, and the errors that name no input.
+
+    Results and errors are matched by key (trace id or record id); results that
+    carry no key (an all-or-none create) fill the unmatched positions in order.
+    """
+    positions: dict[str, list[int]] = {}
+    for position, key in keys.items():
+        if key is not None:
+            positions.setdefault(key, []).append(position)
+    matched: dict[int, RecordResult] = {}
+    keyless: list[RecordResult] = []
+    for result in _objects(body.get("results")):
+        key = result.get(result_key)
+        if key is not None and str(key) in positions:
+            for position in positions[str(key)]:
+                matched[position] = _success(result)
+        else:
+            keyless.append(_success(result))
+
+    unmatched: list[str] = []
+    for error in _objects(body.get("errors")):
+        message = str(error.get("message") or error.get("category") or "unknown HubSpot error")
+        failed = RecordResult(
+            success=False,
+            error=message,
+            status_code=_CATEGORY_STATUS.get(str(error.get("category"))),
+        )
+        context = error.get("context")
+        named = context.get(context_key) if isinstance(context, dict) else None
+        hits = [p for key in named or [] for p in positions.get(str(key), [])]
+        for position in hits:
+            matched[position] = failed
+        if not hits:
+            unmatched.append(message)
+
+    open_positions = [p for p in keys if p not in matched]
+    matched.update(zip(open_positions, keyless, strict=False))
+    return matched, unmatched
+
+
+def _create_input(item: WriteItem, trace_id: str | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"properties": item.record}
+    if item.associations:
+        entry["associations"] = item.associations
+    if trace_id is not None:
+        entry["objectWriteTraceId"] = trace_id
+    return entry
+
+
+def _split_id(record: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """HubSpot wants the id in the path or beside the properties, never among them."""
+    properties = {k: v for k, v in record.items() if k != "id"}
+    record_id = record.get("id")
+    return (None if record_id in (None, "") else str(record_id)), properties
+
+
+def _missing_id(write_type: str) -> RecordResult:
+    return RecordResult(success=False, error=f"a HubSpot {write_type} needs record.id")
+
+
+def _success(result: dict[str, Any]) -> RecordResult:
+    properties = result.get("properties")
+    return RecordResult(
+        success=True,
+        record_id=None if result.get("id") is None else str(result["id"]),
+        data=properties if isinstance(properties, dict) else None,
+    )
+
+
+def _objects_path(object_name: str, record_id: str | None = None) -> str:
+    # Quoted so an object name or id can never reach another path on HubSpot.
+    path = f"{OBJECTS_PATH}/{quote(object_name, safe='')}"
+    return path if record_id is None else f"{path}/{quote(record_id, safe='')}"
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    """A 2xx body as a JSON object; anything else is a call we cannot read, so not retried."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise PermanentProviderError(
+            f"HubSpot answered {response.status_code} with a body that is not a JSON object",
+            provider=PROVIDER,
+            status_code=response.status_code,
+            raw_response=response.text[:_RAW_RESPONSE_CHARS],
+        )
+    return body
+
+
+def _objects(value: Any) -> Iterable[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _hubspot_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("message"), str) and body["message"]:
+        return str(body["message"])
+    text = response.text.strip()
+    return text[:500] if text else f"HTTP {response.status_code} {response.reason_phrase}"

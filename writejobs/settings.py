@@ -1,0 +1,84 @@
+"""Settings: the one place that reads the environment (`WRITEJOBS_*`).
+
+With nothing set, everything runs on one machine: a Redis server started by
+`writejobs up` (embedded, data under `data_dir`) and a SQLite file under
+`data_dir`. With `WRITEJOBS_REDIS_URL` and `WRITEJOBS_DATABASE_URL` set, the
+same code runs against external services.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All of writejobs' configuration, read from `WRITEJOBS_*` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="WRITEJOBS_", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".writejobs"), description="Embedded data lives here.")
+    redis_url: str | None = Field(
+        default=None, description="Redis for buffers and the Celery broker; embedded if unset."
+    )
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the store; SQLite in data_dir if unset."
+    )
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    sandbox_port: int = 8900
+    flower_port: int = 5555
+    worker_concurrency: int = Field(default=2, ge=1)
+    celery_queue: str = Field(default="writejobs", description="The queue write tasks go to.")
+    redis_namespace: str = Field(default="wj", description="Prefix of every writejobs Redis key.")
+    scheduler_interval_s: float = Field(default=0.2, gt=0)
+    provider_timeout_s: float = Field(default=30.0, gt=0)
+    # Lets demos and tests run a policy "minute" in a second; logged when not 1.
+    policy_time_scale: float = Field(default=1.0, gt=0)
+    # An operation left `running` this long by a dead worker may be taken over.
+    running_lease_s: float = Field(default=300.0, gt=0)
+    log_level: str = "INFO"
+
+    @cached_property
+    def sqlalchemy_url(self) -> str:
+        """The store's URL, with PostgreSQL pinned to psycopg 3."""
+        if self.database_url is None:
+            return f"sqlite:///{(self.data_dir / 'writejobs.db').resolve()}"
+        url = self.database_url
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+    @property
+    def embedded_redis_socket(self) -> Path:
+        """Where the embedded Redis listens (a Unix socket: no port to collide)."""
+        return (self.data_dir / "redis.sock").resolve()
+
+    @property
+    def effective_redis_url(self) -> str:
+        """The Redis URL for redis-py: the configured one or the embedded server's."""
+        if self.redis_url:
+            return self.redis_url
+        return f"unix://{self.embedded_redis_socket}"
+
+    @property
+    def broker_url(self) -> str:
+        """The same Redis spelled for Celery/kombu, which names Unix sockets differently."""
+        url = self.effective_redis_url
+        if url.startswith("unix://"):
+            path, _, query = url[len("unix://") :].partition("?")
+            db = "0"
+            for part in query.split("&"):
+                if part.startswith("db="):
+                    db = part[3:]
+            return f"redis+socket://{path}?virtual_host={db}"
+        return url
+
+
+def load_settings() -> Settings:
+    """Read settings from the environment (a function, so tests can build their own)."""
+    return Settings()

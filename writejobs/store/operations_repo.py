@@ -1,0 +1,176 @@
+"""Queries on operations and their logs; the only code that moves an operation's state."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from writejobs.clock import as_utc, iso
+from writejobs.operations import ALLOWED_FROM, State
+from writejobs.store.tables import Operation, OperationLog
+
+log = logging.getLogger(__name__)
+
+
+def add_operation(session: Session, operation: Operation) -> None:
+    session.add(operation)
+
+
+def get_operation(session: Session, operation_id: str) -> Operation | None:
+    return session.get(Operation, operation_id)
+
+
+def get_project_operation(session: Session, project_id: str, operation_id: str) -> Operation | None:
+    """The operation if it is the project's; a foreign id looks exactly like an unknown one."""
+    op = session.get(Operation, operation_id)
+    return op if op is not None and op.project_id == project_id else None
+
+
+def transition(
+    session: Session,
+    operation_id: str,
+    to: State,
+    *,
+    now: datetime,
+    lease_s: float | None = None,
+    **fields: Any,
+) -> bool:
+    """Move an operation to `to` if its current state allows it; commit; say if it moved.
+
+    A compare-and-set: `UPDATE … WHERE id = :id AND state IN (:allowed)`. False
+    means another delivery got there first, and the caller must stop. Entering
+    `running` takes a lease of `lease_s`; `running` → `running` succeeds only
+    once the previous holder's lease has lapsed (its worker died).
+    """
+    allowed = ALLOWED_FROM[to]
+    others = [s.value for s in allowed if s is not State.RUNNING or to is not State.RUNNING]
+    condition = Operation.state.in_(others)
+    if to is State.RUNNING and State.RUNNING in allowed:
+        lapsed = and_(Operation.state == State.RUNNING.value, Operation.lease_expires_at < now)
+        condition = or_(condition, lapsed)
+    values: dict[str, Any] = {"state": to.value, "updated_at": now, **fields}
+    if to is State.RUNNING:
+        assert lease_s is not None, "entering running needs a lease"
+        values["lease_expires_at"] = now + timedelta(seconds=lease_s)
+    statement = update(Operation).where(Operation.id == operation_id, condition).values(**values)
+    moved = session.execute(statement).rowcount == 1  # type: ignore[attr-defined]
+    session.commit()
+    if not moved:
+        log.info("operation %s: not moved to %s (state changed elsewhere)", operation_id, to)
+    return moved
+
+
+def add_log(
+    session: Session,
+    operation_id: str,
+    msg: str,
+    *,
+    now: datetime,
+    severity: str = "INFO",
+    error: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Append one line to an operation's story (committed by the caller)."""
+    session.add(
+        OperationLog(
+            operation_id=operation_id,
+            timestamp=now,
+            severity=severity,
+            msg=msg,
+            error=error,
+            details={k: str(v) for k, v in (details or {}).items()},
+        )
+    )
+
+
+def list_logs(session: Session, operation_id: str) -> list[OperationLog]:
+    statement = (
+        select(OperationLog)
+        .where(OperationLog.operation_id == operation_id)
+        .order_by(OperationLog.id)
+    )
+    return list(session.scalars(statement))
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    operations: list[Operation]
+    next_token: str | None
+
+
+def list_installation_operations(
+    session: Session, installation_id: str, *, page_size: int, page_token: str | None
+) -> Page:
+    """Newest first, keyset-paginated on (created_at, id) so pages never skip or repeat."""
+    statement = select(Operation).where(Operation.installation_id == installation_id)
+    if page_token is not None:
+        created_at, op_id = decode_page_token(page_token)
+        statement = statement.where(
+            or_(
+                Operation.created_at < created_at,
+                and_(Operation.created_at == created_at, Operation.id < op_id),
+            )
+        )
+    statement = statement.order_by(Operation.created_at.desc(), Operation.id.desc())
+    rows = list(session.scalars(statement.limit(page_size + 1)))
+    if len(rows) <= page_size:
+        return Page(rows, None)
+    last = rows[page_size - 1]
+    return Page(rows[:page_size], encode_page_token(as_utc(last.created_at), last.id))
+
+
+def encode_page_token(created_at: datetime, operation_id: str) -> str:
+    raw = json.dumps([iso(created_at), operation_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> tuple[datetime, str]:
+    """Raise ValueError for a token we did not make."""
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        created, op_id = json.loads(base64.urlsafe_b64decode(padded))
+        return datetime.fromisoformat(created.replace("Z", "+00:00")), str(op_id)
+    except Exception as exc:  # any malformed token is the caller's error
+        raise ValueError("pageToken is not valid") from exc
+
+
+def assign_batch(
+    session: Session, operation_ids: list[str], batch_id: str, reason: str, *, now: datetime
+) -> int:
+    """Move pending members into a flushed batch (`pending` → `queued`); count those moved.
+
+    Members no longer pending (a flush already recorded them) are left alone, so
+    re-running a flush after a crash is harmless.
+    """
+    statement = (
+        update(Operation)
+        .where(Operation.id.in_(operation_ids), Operation.state == State.PENDING.value)
+        .values(state=State.QUEUED.value, batch_id=batch_id, flush_reason=reason, updated_at=now)
+    )
+    moved: int = session.execute(statement).rowcount  # type: ignore[attr-defined]
+    return moved
+
+
+def batch_members(session: Session, batch_id: str) -> list[Operation]:
+    statement = (
+        select(Operation).where(Operation.batch_id == batch_id).order_by(Operation.created_at)
+    )
+    return list(session.scalars(statement))
+
+
+def stale_pending(session: Session, *, older_than: datetime, limit: int) -> list[Operation]:
+    """Pending operations accepted before `older_than`: candidates for the recovery sweep."""
+    statement = (
+        select(Operation)
+        .where(Operation.state == State.PENDING.value, Operation.created_at < older_than)
+        .order_by(Operation.created_at)
+        .limit(limit)
+    )
+    return list(session.scalars(statement))

@@ -1,0 +1,124 @@
+"""The store's tables (SQLAlchemy 2.0, typed mappings).
+
+SQL is the source of truth: every accepted write is an `Operation` row before
+the client sees its id, and every attempt, decision and provider error is an
+`OperationLog` row. Redis only ever holds ids that can be rebuilt from here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON}
+
+
+class Project(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime]
+
+
+class ApiKey(Base):
+    """An API key, stored as its SHA-256: the plain key is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str] = mapped_column(String(200), default="")
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime]
+
+
+class Integration(Base):
+    __tablename__ = "integrations"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    provider: Mapped[str] = mapped_column(String(50))
+    created_at: Mapped[datetime]
+
+
+class Installation(Base):
+    """One customer's instance of an integration, found by (project, integration, groupRef)."""
+
+    __tablename__ = "installations"
+    __table_args__ = (UniqueConstraint("project_id", "integration_id", "group_ref"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    integration_id: Mapped[str] = mapped_column(ForeignKey("integrations.id"))
+    group_ref: Mapped[str] = mapped_column(String(200))
+    provider: Mapped[str] = mapped_column(String(50))
+    base_url: Mapped[str] = mapped_column(String(500))
+    # JSON of the credentials; encryption at rest arrives with the OAuth work (issue 5).
+    credentials: Mapped[str] = mapped_column(Text, default="{}")
+    deletable_objects: Mapped[list[str]] = mapped_column(JSON, default=list)
+    config_id: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[datetime]
+
+
+class Operation(Base):
+    """One accepted write and everything known about its outcome."""
+
+    __tablename__ = "operations"
+    __table_args__ = (
+        Index("ix_operations_installation_created", "installation_id", "created_at", "id"),
+        Index("ix_operations_state", "state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    integration_id: Mapped[str] = mapped_column(ForeignKey("integrations.id"))
+    installation_id: Mapped[str] = mapped_column(ForeignKey("installations.id"))
+    config_id: Mapped[str] = mapped_column(String(36))
+    object_name: Mapped[str] = mapped_column(String(200))
+    write_type: Mapped[str] = mapped_column(String(10))
+    mode: Mapped[str] = mapped_column(String(20))
+    # single | batch | auto_batch
+    shape: Mapped[str] = mapped_column(String(20))
+    # The request as accepted (records included): needed to perform the write later.
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(30))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    record_count: Mapped[int] = mapped_column(Integer, default=1)
+    success_count: Mapped[int] = mapped_column(Integer, default=0)
+    failure_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Per-record outcomes in input order: [{success, recordId?, error?, data?}].
+    results: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
+    errors: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    result_summary: Mapped[str | None] = mapped_column(Text, default=None)
+    batch_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
+    flush_reason: Mapped[str | None] = mapped_column(String(10), default=None)
+    deadline_at: Mapped[datetime | None] = mapped_column(default=None)
+    max_delay_s: Mapped[float | None] = mapped_column(default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class OperationLog(Base):
+    """One line of an operation's story: an attempt, a decision, a provider error."""
+
+    __tablename__ = "operation_logs"
+    __table_args__ = (Index("ix_operation_logs_operation", "operation_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    operation_id: Mapped[str] = mapped_column(ForeignKey("operations.id"))
+    timestamp: Mapped[datetime]
+    severity: Mapped[str] = mapped_column(String(10))
+    msg: Mapped[str] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -1,0 +1,51 @@
+"""Build the shared pieces each process needs from settings: store, Redis, Celery sender."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+
+from writejobs import task_names
+from writejobs.autobatch import AutoBatcher
+from writejobs.celery_config import create_sender
+from writejobs.clock import Clock, utcnow
+from writejobs.execute import ExecutionDeps
+from writejobs.intake import Dispatch
+from writejobs.providers.connect import open_adapter
+from writejobs.redis_keys import Keys
+from writejobs.settings import Settings
+from writejobs.store.db import create_session_factory, create_store_engine
+
+
+@dataclass(frozen=True, slots=True)
+class Wiring:
+    deps: ExecutionDeps
+    redis: redis.Redis
+    sender: Celery
+    batcher: AutoBatcher
+    dispatch: Dispatch
+
+
+def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
+    deps = ExecutionDeps(
+        settings=settings,
+        sessions=create_session_factory(create_store_engine(settings)),
+        open_adapter=open_adapter,
+        clock=clock,
+    )
+    client = redis.Redis.from_url(settings.effective_redis_url)
+    sender = create_sender(settings)
+
+    def send_operation(operation_id: str) -> None:
+        sender.send_task(task_names.WRITE_OPERATION, args=[operation_id])
+
+    def send_batch(batch_id: str) -> None:
+        sender.send_task(task_names.WRITE_BATCH, args=[batch_id])
+
+    batcher = AutoBatcher(
+        client, deps.sessions, send_batch, keys=Keys(settings.redis_namespace), clock=clock
+    )
+    dispatch = Dispatch(send_operation=send_operation, buffer_operation=batcher.buffer)
+    return Wiring(deps, client, sender, batcher, dispatch)
