@@ -88,7 +88,10 @@ def _answer(accepted: Accepted, write: WriteRequest) -> Response:
         return JSONResponse(batch_response(op_id, outcome), status_code=status)
     result = outcome.results[0]
     if result.success:
-        return JSONResponse({"operationId": op_id, "result": write_result(result)})
+        with_record_id = write.type != "delete"
+        return JSONResponse(
+            {"operationId": op_id, "result": write_result(result, with_record_id=with_record_id)}
+        )
     return JSONResponse(_single_fail(op_id, result.error or "write failed", None), status_code=422)
 
 

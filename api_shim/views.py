@@ -62,10 +62,10 @@ def log_view(entry: OperationLog) -> dict[str, Any]:
     return {"timestamp": iso(entry.timestamp), "severity": entry.severity, "message": message}
 
 
-def write_result(result: RecordResult) -> dict[str, Any]:
-    """`WriteResult`: success, recordId, data (additionalProperties: false)."""
+def write_result(result: RecordResult, *, with_record_id: bool = True) -> dict[str, Any]:
+    """`WriteResult`: success, recordId (creates and updates only), data; nothing else."""
     body: dict[str, Any] = {"success": result.success}
-    if result.success and result.record_id is not None:
+    if with_record_id and result.success and result.record_id is not None:
         body["recordId"] = result.record_id
     if result.data is not None:
         body["data"] = result.data

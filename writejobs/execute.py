@@ -80,6 +80,8 @@ def record_outcome(
         severity="INFO" if state is State.SUCCEEDED else "WARNING",
         details={"succeeded": outcome.success_count, "failed": outcome.failure_count},
     )  # fmt: skip
+    log.info("operation %s: %s (%d succeeded, %d failed)", op.id, state.value,
+             outcome.success_count, outcome.failure_count)  # fmt: skip
     operations_repo.transition(
         session, op.id, state, now=now,
         results=results, errors=errors or None,
@@ -94,6 +96,10 @@ def record_failure(
 ) -> None:
     """The provider call failed as a whole: every record failed with its message."""
     now = deps.clock()
+    # The provider's message may quote record values: it goes to the operation's
+    # logs (its owner's to read), never to the process log.
+    log.warning("operation %s: provider call failed (HTTP %s, retryable=%s)",
+                op.id, error.status_code, error.retryable)  # fmt: skip
     operations_repo.add_log(
         session, op.id, "provider call failed", now=now, severity="ERROR", error=error.message,
         details={"provider": error.provider, "http_status": error.status_code,
@@ -127,6 +133,7 @@ def run_operation(operation_id: str, deps: ExecutionDeps) -> State | None:
         if not moved:
             return None
         session.refresh(op)
+        log.info("operation %s: attempt %d started", op.id, op.attempts)
         operations_repo.add_log(
             session, op.id, "attempt started", now=now,
             details={"attempt": op.attempts, "records": op.record_count},

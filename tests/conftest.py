@@ -1,0 +1,103 @@
+"""Session fixtures: real Redis (the configured one, or an embedded server), real
+SQLite and, when `WRITEJOBS_DATABASE_URL` names one, real PostgreSQL; the API and
+the sandbox served over loopback HTTP; a real Celery worker process."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from sandbox.app import create_app as create_sandbox
+from tests.support.servers import serve_in_thread
+from tests.support.system import Tenant, create_tenant, running_worker
+from writejobs.embedded_redis import EmbeddedRedis
+from writejobs.settings import Settings
+from writejobs.store.migrate import migrate
+
+
+def _backends() -> list[str]:
+    backends = ["sqlite"]
+    if (os.environ.get("WRITEJOBS_DATABASE_URL") or "").startswith("postgres"):
+        backends.append("postgresql")
+    return backends
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The configured Redis, or an embedded one owned by this test session."""
+    configured = os.environ.get("WRITEJOBS_REDIS_URL")
+    if configured:
+        redis.Redis.from_url(configured).ping()
+        yield configured
+        return
+    data_dir = tmp_path_factory.mktemp("redis")
+    server = EmbeddedRedis(data_dir, data_dir / "redis.sock")
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session", params=_backends())
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def settings(backend: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings for one backend, with a namespace and queue of this session's own."""
+    data_dir: Path = tmp_path_factory.mktemp(f"data-{backend}")
+    database_url = None
+    if backend == "postgresql":
+        database_url = os.environ["WRITEJOBS_DATABASE_URL"]
+    run = uuid.uuid4().hex[:8]
+    built = Settings(
+        data_dir=data_dir,
+        redis_url=redis_url,
+        database_url=database_url,
+        redis_namespace=f"wjtest-{run}",
+        celery_queue=f"writejobs-test-{run}",
+        scheduler_interval_s=0.1,
+        running_lease_s=30,
+    )
+    migrate(built)
+    return built
+
+
+@pytest.fixture(scope="session")
+def sandbox_url() -> Iterator[str]:
+    with serve_in_thread(create_sandbox()) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def api_url(settings: Settings) -> Iterator[str]:
+    from api_shim.app import create_app
+
+    with serve_in_thread(create_app(settings)) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def worker(settings: Settings) -> Iterator[object]:
+    with running_worker(settings) as child:
+        yield child
+
+
+@pytest.fixture()
+def tenant(settings: Settings, api_url: str, sandbox_url: str) -> Tenant:
+    """A fresh project whose installation writes to the shared sandbox."""
+    return create_tenant(settings, api_url, sandbox_url, deletable=["contacts"])
+
+
+@pytest.fixture()
+def own_sandbox() -> Iterator[str]:
+    """A sandbox of the test's own, for asserting on its call counts."""
+    with serve_in_thread(create_sandbox()) as url:
+        yield url
