@@ -11,6 +11,7 @@ import signal
 import threading
 from types import FrameType
 
+from scheduler.scheduler import Scheduler
 from writejobs.clock import utcnow
 from writejobs.settings import Settings
 from writejobs.wiring import wire
@@ -32,12 +33,12 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
         log.warning(
             "policy time scale is %s: policy durations are scaled", settings.policy_time_scale
         )
-    batcher = wire(settings).batcher
+    scheduler = Scheduler(settings, wire(settings))
     log.info("scheduler started (interval %.2fs)", settings.scheduler_interval_s)
     while not stop.is_set():
         try:
-            report = batcher.tick(utcnow())
-            for claim in report.flushed:
+            report = scheduler.tick(utcnow())
+            for claim in report.batches.flushed:
                 log.info("flushed batch %s: %d records (%s)", claim.batch_id,
                          len(claim.member_ids), claim.reason)  # fmt: skip
         except Exception:

@@ -10,19 +10,16 @@ from __future__ import annotations
 import logging
 import time
 
-import redis
 from celery import Celery
 
 from writejobs import task_names
 from writejobs.celery_config import celery_config
-from writejobs.clock import utcnow
-from writejobs.execute import ExecutionDeps, run_operation
+from writejobs.execute import run_operation
 from writejobs.execute_batch import run_batch
 from writejobs.logging_setup import configure_logging
-from writejobs.providers.connect import open_adapter
 from writejobs.redis_keys import Keys
 from writejobs.settings import Settings, load_settings
-from writejobs.store.db import create_session_factory, create_store_engine
+from writejobs.wiring import wire
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +28,9 @@ def create_celery(settings: Settings) -> Celery:
     """The worker's Celery app, with its tasks bound to the given settings."""
     app = Celery("writejobs")
     app.conf.update(celery_config(settings))
-    deps = ExecutionDeps(
-        settings=settings,
-        sessions=create_session_factory(create_store_engine(settings)),
-        open_adapter=open_adapter,
-        clock=utcnow,
-    )
-    client = redis.Redis.from_url(settings.effective_redis_url)
+    wiring = wire(settings)
+    deps = wiring.deps
+    client = wiring.redis
     keys = Keys(settings.redis_namespace)
 
     def note_batch_start(batch_id: str) -> None:

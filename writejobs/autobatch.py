@@ -24,6 +24,7 @@ import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from writejobs.clock import Clock, as_utc
+from writejobs.failpoints import no_failpoint
 from writejobs.redis_keys import (
     APPEND_SCRIPT,
     BATCH_LIMIT,
@@ -72,6 +73,7 @@ class AutoBatcher:
         batch_limit: int = BATCH_LIMIT,
         unsent_grace_s: float = 10.0,
         orphan_grace_s: float = 30.0,
+        failpoint: Callable[[str], None] = no_failpoint,
     ) -> None:
         self.redis = client
         self.sessions = sessions
@@ -81,6 +83,7 @@ class AutoBatcher:
         self.batch_limit = batch_limit
         self.unsent_grace_s = unsent_grace_s
         self.orphan_grace_s = orphan_grace_s
+        self.failpoint = failpoint
         self._append = client.register_script(APPEND_SCRIPT)
         self._claim_due = client.register_script(CLAIM_DUE_SCRIPT)
         self._is_buffered = client.register_script(IS_BUFFERED_SCRIPT)
@@ -109,6 +112,13 @@ class AutoBatcher:
 
     def tick(self, now: datetime, *, max_groups: int = 1000) -> TickReport:
         """One pass: flush due groups, finish unsent claims, re-buffer lost pending rows."""
+        report = self.flush_due(now, max_groups=max_groups)
+        report.resent = self.resend_unsent(now)
+        report.rebuffered = self.rebuffer_orphans(now)
+        return report
+
+    def flush_due(self, now: datetime, *, max_groups: int = 1000) -> TickReport:
+        """Flush every group whose earliest member is due at `now` (at most 100 per batch)."""
         report = TickReport()
         now_s = now.timestamp()
         due_groups = self.redis.zrangebyscore(self.keys.due, "-inf", now_s, start=0, num=max_groups)
@@ -126,12 +136,11 @@ class AutoBatcher:
                 claim = Claim(batch_id, group, "time", [_text(i) for i in ids])
                 self.flush(claim)
                 report.flushed.append(claim)
-        report.resent = self.resend_unsent(now)
-        report.rebuffered = self.rebuffer_orphans(now)
         return report
 
     def flush(self, claim: Claim) -> None:
         """Record the batch in SQL, send its task, then forget the claim (in that order)."""
+        self.failpoint("flush.after_claim")
         now = self.clock()
         with self.sessions() as session:
             moved = operations_repo.assign_batch(
@@ -144,6 +153,7 @@ class AutoBatcher:
                              "reason": claim.reason},
                 )  # fmt: skip
             session.commit()
+        self.failpoint("flush.before_send")
         self.send_batch(claim.batch_id)
         pipe = self.redis.pipeline(transaction=False)
         pipe.zrem(self.keys.unsent, self.keys.batch(claim.batch_id))

@@ -85,7 +85,8 @@ def up(
                 from writejobs.demo import run_demo
 
                 run_demo(details, console, stop)
-            console.print("[bold]writejobs is running.[/] Press Ctrl-C to stop.")
+            if not stop.is_set():
+                console.print("[bold]writejobs is running.[/] Press Ctrl-C to stop.")
             while not stop.is_set():
                 dead = supervisor.exited()
                 if dead:
@@ -216,6 +217,8 @@ def create_project(name: str) -> None:
     from writejobs.store import tenants_repo
 
     with _sessions() as session:
+        if tenants_repo.find_project(session, name) is not None:
+            raise typer.BadParameter(f"project {name!r} already exists")
         project = tenants_repo.create_project(session, name, now=utcnow())
         session.commit()
         console.print(project.id)

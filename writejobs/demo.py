@@ -39,14 +39,16 @@ def run_demo(details: dict[str, Any], console: Console, stop: threading.Event,
     with httpx.Client(base_url=details["api_url"], headers={"X-Api-Key": details["api_key"]},
                       timeout=30.0) as client:  # fmt: skip
         steps = _send_workload(client, f"{base}/objects/{details['object']}", details["group_ref"],
-                               console)  # fmt: skip
+                               console, stop)  # fmt: skip
         ids = [op_id for step in steps for op_id in step.operation_ids]
         views = _follow(client, details["project"], ids, console, stop, timeout_s)
     _print_summary(steps, views, console)
     return all(v.get("status") != "in_progress" for v in views.values()) and len(views) == len(ids)
 
 
-def _send_workload(client: httpx.Client, path: str, group_ref: str, console: Console) -> list[Step]:
+def _send_workload(
+    client: httpx.Client, path: str, group_ref: str, console: Console, stop: threading.Event
+) -> list[Step]:
     run = uuid.uuid4().hex[:8]
 
     def contact(n: int | str) -> dict[str, str]:
@@ -81,6 +83,8 @@ def _send_workload(client: httpx.Client, path: str, group_ref: str, console: Con
     steps.append(send("invalid request (no record)", {"type": "create"}))
     auto = Step(f"auto-batched ({AUTO_BATCH_RECORDS} records)", 200, [])
     for i in range(AUTO_BATCH_RECORDS):
+        if stop.is_set():
+            break
         response = client.post(path, json={
             "groupRef": group_ref, "type": "create", "mode": "asynchronous",
             "autoBatchPolicy": {"maxDelayMinutes": 1}, "record": contact(f"auto{i}")})  # fmt: skip

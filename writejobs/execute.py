@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from writejobs.clock import Clock
 from writejobs.contract import WriteRequest
 from writejobs.errors import ProviderError
+from writejobs.failpoints import no_failpoint
 from writejobs.operations import State, outcome_state
 from writejobs.providers.base import (
     BatchOutcome,
@@ -42,6 +44,7 @@ class ExecutionDeps:
     sessions: sessionmaker[Session]
     open_adapter: AdapterOpener
     clock: Clock
+    failpoint: Callable[[str], None] = no_failpoint
 
 
 def call_provider(adapter: ProviderAdapter, op: Operation, request: WriteRequest) -> BatchOutcome:
@@ -113,6 +116,32 @@ def record_failure(
     )  # fmt: skip
 
 
+def _claim_own_duplicates(
+    session: Session, op: Operation, outcome: BatchOutcome, now: datetime
+) -> BatchOutcome:
+    """On a repeated attempt, a create the provider refuses as already existing is our own.
+
+    An earlier attempt wrote it and was cut off (worker killed) before it could
+    record the result. Counting that as a failure would be a lie; hiding it
+    would be one too: it becomes a success with the existing id, logged as a
+    duplicate the provider saw.
+    """
+    if op.attempts <= 1 or op.write_type != "create":
+        return outcome
+    results = list(outcome.results)
+    for index, result in enumerate(results):
+        if not result.success and result.existing_id is not None:
+            results[index] = replace(result, success=True, record_id=result.existing_id,
+                                     error=None, status_code=None)  # fmt: skip
+            operations_repo.add_log(
+                session, op.id, "record already existed at the provider: counted as a duplicate",
+                now=now, severity="WARNING",
+                details={"record_index": index, "record_id": result.existing_id,
+                         "attempt": op.attempts},
+            )  # fmt: skip
+    return replace(outcome, results=results)
+
+
 def run_operation(operation_id: str, deps: ExecutionDeps) -> State | None:
     """Run one asynchronous operation to its end; the body of the worker's task.
 
@@ -145,6 +174,7 @@ def run_operation(operation_id: str, deps: ExecutionDeps) -> State | None:
         try:
             with deps.open_adapter(installation, deps.settings) as adapter:
                 outcome = call_provider(adapter, op, request)
+            deps.failpoint("operation.after_provider_call")
         except ProviderError as exc:
             record_failure(session, op, exc, deps)
             return State.FAILED

@@ -60,6 +60,7 @@ def run_batch(
                     first.object_name, first.write_type,  # type: ignore[arg-type]
                     items, WriteOptions(),
                 )  # fmt: skip
+            deps.failpoint("batch.after_provider_call")
         except ProviderError as exc:
             for op in taken:
                 record_failure(session, op, exc, deps)

@@ -40,6 +40,15 @@ class Settings(BaseSettings):
     policy_time_scale: float = Field(default=1.0, gt=0)
     # An operation left `running` this long by a dead worker may be taken over.
     running_lease_s: float = Field(default=300.0, gt=0)
+    # Recovery sweeps: a claimed batch not sent after this long is sent again...
+    unsent_grace_s: float = Field(default=10.0, gt=0)
+    # ...a pending operation in no buffer this long is buffered again...
+    orphan_grace_s: float = Field(default=30.0, gt=0)
+    # ...and a queued or lapsed running operation this long untouched is sent again
+    # (its task was lost with a killed worker or a broker that lost data).
+    stalled_after_s: float = Field(default=300.0, gt=0)
+    # Crash points for fault tests only (see writejobs/failpoints.py); empty in use.
+    failpoints: str = ""
     log_level: str = "INFO"
 
     @cached_property

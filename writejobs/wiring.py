@@ -12,6 +12,7 @@ from writejobs.autobatch import AutoBatcher
 from writejobs.celery_config import create_sender
 from writejobs.clock import Clock, utcnow
 from writejobs.execute import ExecutionDeps
+from writejobs.failpoints import Failpoints
 from writejobs.intake import Dispatch
 from writejobs.providers.connect import open_adapter
 from writejobs.redis_keys import Keys
@@ -29,11 +30,13 @@ class Wiring:
 
 
 def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
+    failpoint = Failpoints(settings.failpoints, settings.data_dir)
     deps = ExecutionDeps(
         settings=settings,
         sessions=create_session_factory(create_store_engine(settings)),
         open_adapter=open_adapter,
         clock=clock,
+        failpoint=failpoint,
     )
     client = redis.Redis.from_url(settings.effective_redis_url)
     sender = create_sender(settings)
@@ -45,7 +48,9 @@ def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
         sender.send_task(task_names.WRITE_BATCH, args=[batch_id])
 
     batcher = AutoBatcher(
-        client, deps.sessions, send_batch, keys=Keys(settings.redis_namespace), clock=clock
-    )
+        client, deps.sessions, send_batch, keys=Keys(settings.redis_namespace), clock=clock,
+        unsent_grace_s=settings.unsent_grace_s, orphan_grace_s=settings.orphan_grace_s,
+        failpoint=failpoint,
+    )  # fmt: skip
     dispatch = Dispatch(send_operation=send_operation, buffer_operation=batcher.buffer)
     return Wiring(deps, client, sender, batcher, dispatch)

@@ -117,7 +117,10 @@ def test_installation_operations_are_listed_in_pages(tenant: Tenant) -> None:
 
 
 def test_no_record_payload_reaches_task_arguments_or_logs(
-    settings: Settings, sandbox_url: str, worker: ChildProcess, caplog: pytest.LogCaptureFixture,
+    settings: Settings,
+    sandbox_url: str,
+    worker: ChildProcess,
+    caplog: pytest.LogCaptureFixture,
     tenant: Tenant,
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -130,7 +133,9 @@ def test_no_record_payload_reaches_task_arguments_or_logs(
             op_id = client.post(parked_tenant.write_path(), json={
                 "groupRef": parked_tenant.group_ref, "type": "create", "mode": "asynchronous",
                 "record": {"email": secret}}).json()["operationId"]  # fmt: skip
-    raw_messages = redis.Redis.from_url(settings.effective_redis_url).lrange(parked.celery_queue, 0, -1)
+    raw_messages = redis.Redis.from_url(settings.effective_redis_url).lrange(
+        parked.celery_queue, 0, -1
+    )
     assert len(raw_messages) == 1
     message = json.loads(raw_messages[0])
     args, kwargs, _ = json.loads(base64.b64decode(message["body"]))

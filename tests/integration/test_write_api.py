@@ -148,7 +148,9 @@ BAD_REQUESTS: list[tuple[str, bytes | dict[str, Any], str]] = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("case", "body", "message"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    ("case", "body", "message"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS]
+)
 def test_bad_requests_are_400_text_naming_the_problem(
     case: str, body: bytes | dict[str, Any], message: str, tenant: Tenant
 ) -> None:

@@ -32,17 +32,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a child process exactly these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WRITEJOBS_")}
-    env.update(
-        WRITEJOBS_DATA_DIR=str(settings.data_dir),
-        WRITEJOBS_REDIS_URL=settings.effective_redis_url,
-        WRITEJOBS_DATABASE_URL=settings.sqlalchemy_url,
-        WRITEJOBS_CELERY_QUEUE=settings.celery_queue,
-        WRITEJOBS_REDIS_NAMESPACE=settings.redis_namespace,
-        WRITEJOBS_POLICY_TIME_SCALE=str(settings.policy_time_scale),
-        WRITEJOBS_SCHEDULER_INTERVAL_S=str(settings.scheduler_interval_s),
-        WRITEJOBS_RUNNING_LEASE_S=str(settings.running_lease_s),
-        PYTHONPATH=str(REPO_ROOT),
-    )
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is not None:
+            env[f"WRITEJOBS_{name.upper()}"] = str(value)
+    # Resolved forms, so a child never falls back to an embedded default.
+    env["WRITEJOBS_REDIS_URL"] = settings.effective_redis_url
+    env["WRITEJOBS_DATABASE_URL"] = settings.sqlalchemy_url
+    env["PYTHONPATH"] = str(REPO_ROOT)
     return env
 
 

@@ -38,6 +38,9 @@ class RecordResult:
     error: str | None = None
     retryable: bool = False
     status_code: int | None = None
+    # When the provider refused a create because the record already exists, the
+    # id it named: after a cut-off attempt, that record is most likely our own.
+    existing_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

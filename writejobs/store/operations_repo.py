@@ -18,6 +18,11 @@ from writejobs.store.tables import Operation, OperationLog
 
 log = logging.getLogger(__name__)
 
+# Bulk UPDATEs must not evaluate their WHERE against objects in the session:
+# SQLite hands datetimes back without a zone, so the comparison would raise.
+# Callers refresh the objects they keep using.
+_NO_SYNC = {"synchronize_session": False}
+
 
 def add_operation(session: Session, operation: Operation) -> None:
     session.add(operation)
@@ -60,7 +65,7 @@ def transition(
         assert lease_s is not None, "entering running needs a lease"
         values["lease_expires_at"] = now + timedelta(seconds=lease_s)
     statement = update(Operation).where(Operation.id == operation_id, condition).values(**values)
-    moved = session.execute(statement).rowcount == 1  # type: ignore[attr-defined]
+    moved = session.execute(statement, execution_options=_NO_SYNC).rowcount == 1  # type: ignore[attr-defined]
     session.commit()
     if not moved:
         log.info("operation %s: not moved to %s (state changed elsewhere)", operation_id, to)
@@ -154,7 +159,7 @@ def assign_batch(
         .where(Operation.id.in_(operation_ids), Operation.state == State.PENDING.value)
         .values(state=State.QUEUED.value, batch_id=batch_id, flush_reason=reason, updated_at=now)
     )
-    moved: int = session.execute(statement).rowcount  # type: ignore[attr-defined]
+    moved: int = session.execute(statement, execution_options=_NO_SYNC).rowcount  # type: ignore[attr-defined]
     return moved
 
 
@@ -174,3 +179,36 @@ def stale_pending(session: Session, *, older_than: datetime, limit: int) -> list
         .limit(limit)
     )
     return list(session.scalars(statement))
+
+
+def stalled(
+    session: Session, *, now: datetime, queued_before: datetime, limit: int
+) -> list[Operation]:
+    """Operations whose task may be lost, untouched since `queued_before`: queued, or
+    running under a lease that lapsed (the worker holding it died)."""
+    statement = (
+        select(Operation)
+        .where(
+            or_(
+                and_(Operation.state == State.QUEUED.value, Operation.updated_at < queued_before),
+                and_(
+                    Operation.state == State.RUNNING.value,
+                    Operation.lease_expires_at < now,
+                    Operation.updated_at < queued_before,
+                ),
+            )
+        )
+        .order_by(Operation.updated_at)
+        .limit(limit)
+    )
+    return list(session.scalars(statement))
+
+
+def touch(session: Session, operation_ids: list[str], state: str, *, now: datetime) -> None:
+    """Mark operations as looked after now, if still in `state` (so a sweep resends once)."""
+    statement = (
+        update(Operation)
+        .where(Operation.id.in_(operation_ids), Operation.state == state)
+        .values(updated_at=now)
+    )
+    session.execute(statement, execution_options=_NO_SYNC)

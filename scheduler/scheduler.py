@@ -1,0 +1,45 @@
+"""One scheduler pass: flush due auto-batches, and (less often) the recovery sweeps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from writejobs.autobatch import TickReport
+from writejobs.recovery import requeue_stalled
+from writejobs.settings import Settings
+from writejobs.wiring import Wiring
+
+# The sweeps read SQL; running them every tick would load the store for nothing.
+SWEEP_EVERY_S = 1.0
+
+
+@dataclass(slots=True)
+class SchedulerReport:
+    batches: TickReport = field(default_factory=TickReport)
+    requeued: list[str] = field(default_factory=list)
+
+
+class Scheduler:
+    """Drives the auto-batcher and the recovery sweeps; `tick(now)` does one pass."""
+
+    def __init__(self, settings: Settings, wiring: Wiring) -> None:
+        self.settings = settings
+        self.wiring = wiring
+        self._last_sweep_s = float("-inf")
+
+    def tick(self, now: datetime) -> SchedulerReport:
+        batcher = self.wiring.batcher
+        report = SchedulerReport(batches=batcher.flush_due(now))
+        if now.timestamp() - self._last_sweep_s >= SWEEP_EVERY_S:
+            self._last_sweep_s = now.timestamp()
+            report.batches.resent = batcher.resend_unsent(now)
+            report.batches.rebuffered = batcher.rebuffer_orphans(now)
+            report.requeued = requeue_stalled(
+                self.wiring.deps.sessions,
+                self.wiring.dispatch.send_operation,
+                batcher.send_batch,
+                now=now,
+                stalled_after_s=self.settings.stalled_after_s,
+            )
+        return report

@@ -1,0 +1,168 @@
+"""The auto-batcher against real Redis and SQL, driven by an injected clock.
+
+No worker reads this module's queue, so every test can look at exactly which
+`write_batch` tasks were sent, and with which arguments.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+
+from api_shim.app import create_app
+from tests.support.servers import serve_in_thread
+from tests.support.system import Tenant, create_tenant
+from writejobs import task_names
+from writejobs.clock import as_utc, utcnow
+from writejobs.redis_keys import Keys, group_key
+from writejobs.settings import Settings
+from writejobs.store import operations_repo
+from writejobs.wiring import Wiring, wire
+
+
+@dataclass
+class Parked:
+    settings: Settings
+    wiring: Wiring
+    tenant: Tenant
+    redis: redis.Redis
+
+    def sent(self) -> list[tuple[str, list[Any]]]:
+        """(task name, args) of every task waiting in this module's queue."""
+        out = []
+        for raw in self.redis.lrange(self.settings.celery_queue, 0, -1):
+            message = json.loads(raw)
+            args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+            out.append((message["headers"]["task"], args))
+        return out
+
+    def write(self, record: dict[str, Any], *, delay_min: int = 1, type_: str = "create",
+              object_name: str = "contacts", group_ref: str | None = None) -> str:  # fmt: skip
+        with self.tenant.client() as client:
+            response = client.post(self.tenant.write_path(object_name), json={
+                "groupRef": group_ref or self.tenant.group_ref, "type": type_,
+                "mode": "asynchronous", "autoBatchPolicy": {"maxDelayMinutes": delay_min},
+                "record": record})  # fmt: skip
+        assert response.status_code == 200, response.text
+        return str(response.json()["operationId"])
+
+    def ops(self, ids: list[str]) -> list[Any]:
+        with self.wiring.deps.sessions() as session:
+            return [operations_repo.get_operation(session, i) for i in ids]
+
+
+@pytest.fixture()
+def parked(settings: Settings, sandbox_url: str) -> Iterator[Parked]:
+    run = uuid.uuid4().hex[:8]
+    own = settings.model_copy(update={"celery_queue": f"parked-{run}",
+                                      "redis_namespace": f"wjab-{run}"})  # fmt: skip
+    wiring = wire(own)
+    with serve_in_thread(create_app(own, wiring=wiring)) as api_url:
+        tenant = create_tenant(own, api_url, sandbox_url)
+        yield Parked(own, wiring, tenant, redis.Redis.from_url(own.effective_redis_url))
+    wiring.redis.delete(own.celery_queue)
+
+
+def _later(minutes: float) -> datetime:
+    return utcnow() + timedelta(minutes=minutes)
+
+
+def test_group_flushes_at_the_hundredth_record(parked: Parked) -> None:
+    ids = [parked.write({"email": f"r{i}@example.com"}) for i in range(99)]
+    assert parked.sent() == []
+    ids.append(parked.write({"email": "r99@example.com"}))
+    [(name, args)] = parked.sent()
+    assert name == task_names.WRITE_BATCH
+    ops = parked.ops(ids)
+    assert {op.state for op in ops} == {"queued"}
+    assert {op.batch_id for op in ops} == {args[0]}
+    assert {op.flush_reason for op in ops} == {"size"}
+
+
+def test_group_flushes_when_its_earliest_member_is_due(parked: Parked) -> None:
+    ids = [parked.write({"email": f"t{i}@example.com"}) for i in range(3)]
+    assert parked.wiring.batcher.flush_due(_later(0.9)).flushed == []
+    [claim] = parked.wiring.batcher.flush_due(_later(1.05)).flushed
+    assert claim.reason == "time" and sorted(claim.member_ids) == sorted(ids)
+    assert parked.sent() == [(task_names.WRITE_BATCH, [claim.batch_id])]
+
+
+def test_a_short_delay_is_not_held_back_by_an_earlier_long_one(parked: Parked) -> None:
+    patient = parked.write({"email": "patient@example.com"}, delay_min=10)
+    hurried = parked.write({"email": "hurried@example.com"}, delay_min=1)
+    [claim] = parked.wiring.batcher.flush_due(_later(1.05)).flushed
+    assert sorted(claim.member_ids) == sorted([patient, hurried])
+
+
+def test_records_of_different_groups_are_never_in_one_batch(
+    parked: Parked, settings: Settings, api_url: str
+) -> None:
+    with parked.tenant.client() as client:
+        record_id = client.post(parked.tenant.write_path(), json={
+            "groupRef": parked.tenant.group_ref, "type": "create",
+            "record": {"email": "seed@example.com"}}).json()["result"]["recordId"]  # fmt: skip
+    other = create_tenant(parked.settings, parked.tenant.api_url, "http://127.0.0.1:9")
+    kinds = {
+        parked.write({"email": "a@example.com"}): "contacts|create|1",
+        parked.write({"email": "b@example.com"}, object_name="companies"): "companies|create|1",
+        parked.write({"id": record_id, "firstname": "x"}, type_="update"): "contacts|update|1",
+    }
+    with other.client() as client:
+        response = client.post(
+            other.write_path(),
+            json={
+                "groupRef": other.group_ref,
+                "type": "create",
+                "mode": "asynchronous",
+                "autoBatchPolicy": {"maxDelayMinutes": 1},
+                "record": {"email": "c@example.com"},
+            },
+        )
+        kinds[response.json()["operationId"]] = "contacts|create|2"  # fmt: skip
+    claims = parked.wiring.batcher.flush_due(_later(2)).flushed
+    assert sorted(len(c.member_ids) for c in claims) == [1, 1, 1, 1]
+    assert sorted(kinds[c.member_ids[0]] for c in claims) == sorted(kinds.values())
+
+
+def test_a_claim_whose_flusher_died_is_sent_by_the_recovery_sweep(parked: Parked) -> None:
+    # Given a claim made the way a flush makes it, and then the flusher died
+    ids = [parked.write({"email": f"u{i}@example.com"}) for i in range(5)]
+    op = parked.ops(ids[:1])[0]
+    batcher = parked.wiring.batcher
+    keys = Keys(parked.settings.redis_namespace)
+    group = group_key(op.installation_id, op.object_name, op.write_type)
+    batch_id = str(uuid.uuid4())
+    claimed_at = _later(2)
+    claimed = batcher._claim_due(
+        keys=[keys.buffer(group), keys.due, keys.batch(batch_id), keys.unsent],
+        args=[group, repr(claimed_at.timestamp()), 100],
+    )
+    assert len(claimed) == 5 and parked.sent() == []
+    # When the sweep runs before the grace period, nothing happens; after it, the batch goes
+    assert batcher.resend_unsent(claimed_at) == []
+    assert batcher.resend_unsent(claimed_at + timedelta(seconds=60)) == [batch_id]
+    assert parked.sent() == [(task_names.WRITE_BATCH, [batch_id])]
+    assert {o.state for o in parked.ops(ids)} == {"queued"}
+
+
+def test_pending_operations_lost_from_redis_are_buffered_again_from_sql(parked: Parked) -> None:
+    ids = [parked.write({"email": f"l{i}@example.com"}) for i in range(3)]
+    # Redis loses everything of this namespace
+    for key in parked.redis.scan_iter(f"{parked.settings.redis_namespace}:*"):
+        parked.redis.delete(key)
+    batcher = parked.wiring.batcher
+    created = as_utc(parked.ops(ids[:1])[0].created_at)
+    assert batcher.rebuffer_orphans(created) == []  # within the grace period: left alone
+    assert sorted(batcher.rebuffer_orphans(utcnow() + timedelta(minutes=5))) == sorted(ids)
+    # ...and then flushed when due, as if nothing happened
+    [claim] = batcher.flush_due(_later(2)).flushed
+    assert sorted(claim.member_ids) == sorted(ids)
+    assert batcher.rebuffer_orphans(utcnow() + timedelta(minutes=5)) == []
