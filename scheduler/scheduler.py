@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from writejobs.autobatch import TickReport
-from writejobs.recovery import requeue_stalled
+from writejobs.recovery import expire_overdue, requeue_stalled
 from writejobs.settings import Settings
 from writejobs.wiring import Wiring
 
@@ -17,7 +17,9 @@ SWEEP_EVERY_S = 1.0
 @dataclass(slots=True)
 class SchedulerReport:
     batches: TickReport = field(default_factory=TickReport)
+    retries_released: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
 
 
 class Scheduler:
@@ -31,6 +33,7 @@ class Scheduler:
     def tick(self, now: datetime) -> SchedulerReport:
         batcher = self.wiring.batcher
         report = SchedulerReport(batches=batcher.flush_due(now))
+        report.retries_released = self.wiring.retries.release_due(now)
         if now.timestamp() - self._last_sweep_s >= SWEEP_EVERY_S:
             self._last_sweep_s = now.timestamp()
             report.batches.resent = batcher.resend_unsent(now)
@@ -41,5 +44,8 @@ class Scheduler:
                 batcher.send_batch,
                 now=now,
                 stalled_after_s=self.settings.stalled_after_s,
+            )
+            report.expired = expire_overdue(
+                self.wiring.deps.sessions, now=now, grace_s=self.settings.watchdog_grace_s
             )
         return report

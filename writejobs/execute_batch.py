@@ -1,15 +1,28 @@
-"""Executing an auto-batch: one provider batch call, one outcome per member operation."""
+"""Executing an auto-batch: one provider batch call, one outcome per member operation.
+
+Members that fail retryably wait together as a smaller retry batch, due at the
+earliest of their own next-attempt times (each computed against that member's
+own deadline, so none is tried past it); members out of time expire alone.
+"""
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
+from datetime import datetime
 
 from writejobs.contract import WriteRequest
-from writejobs.errors import ProviderError
-from writejobs.execute import ExecutionDeps, record_failure, record_outcome
+from writejobs.execute import (
+    ExecutionDeps,
+    attempt_write,
+    claim_own_duplicates,
+    request_items,
+    start_attempt,
+)
 from writejobs.operations import State
-from writejobs.providers.base import BatchOutcome, WriteItem, WriteOptions
+from writejobs.outcomes import Attempt, settle
+from writejobs.providers.base import WriteItem, WriteOptions
 from writejobs.store import operations_repo, tenants_repo
 
 log = logging.getLogger(__name__)
@@ -18,56 +31,61 @@ log = logging.getLogger(__name__)
 def run_batch(
     batch_id: str, deps: ExecutionDeps, *, on_start: Callable[[str], None] | None = None
 ) -> dict[str, int]:
-    """Write a flushed batch's members that this delivery could take; count outcomes.
+    """Write the members of a batch that this delivery could take; count how they settled.
 
-    Each member moves `queued` → `running` by compare-and-set, so a redelivered
-    task writes only members no live delivery holds and none that finished.
+    Each member moves into `running` by compare-and-set, so a redelivered task
+    writes only members no live delivery holds and none that finished.
     """
     with deps.sessions() as session:
         now = deps.clock()
-        members = operations_repo.batch_members(session, batch_id)
-        taken = []
-        for op in members:
-            moved = operations_repo.transition(
-                session, op.id, State.RUNNING, now=now, lease_s=deps.settings.running_lease_s,
-                attempts=op.attempts + 1, last_attempt_at=now,
-            )  # fmt: skip
-            if moved:
-                session.refresh(op)
-                taken.append(op)
+        taken = [op for op in operations_repo.batch_members(session, batch_id)
+                 if start_attempt(session, op, deps, now)]  # fmt: skip
         if not taken:
-            log.info("batch %s: nothing to do (members finished or held elsewhere)", batch_id)
+            log.info("batch %s: nothing to do (members finished, waiting or held)", batch_id)
             return {}
         if on_start is not None:
             on_start(batch_id)
-        first = taken[0]
         for op in taken:
             operations_repo.add_log(
                 session, op.id, "attempt started", now=now,
                 details={"attempt": op.attempts, "batch_id": batch_id, "batch_size": len(taken)},
             )  # fmt: skip
         session.commit()
+        first = taken[0]
         installation = tenants_repo.get_installation(session, first.installation_id)
         assert installation is not None
-        items = []
-        for op in taken:
-            request = WriteRequest.model_validate(op.request)
-            assert request.record is not None
-            items.append(WriteItem(request.record, list(request.associations)))
-        try:
-            with deps.open_adapter(installation, deps.settings) as adapter:
-                outcome = adapter.write_batch(
-                    first.object_name, first.write_type,  # type: ignore[arg-type]
-                    items, WriteOptions(),
-                )  # fmt: skip
-            deps.failpoint("batch.after_provider_call")
-        except ProviderError as exc:
-            for op in taken:
-                record_failure(session, op, exc, deps)
-            return {"failed": len(taken)}
+        items: dict[int, WriteItem] = {
+            index: request_items(WriteRequest.model_validate(op.request))[0]
+            for index, op in enumerate(taken)
+        }
+        attempt = attempt_write(deps, installation, first, WriteOptions(), items, single=False)
+        deps.failpoint("batch.after_provider_call")
+        now = deps.clock()
         counts: dict[str, int] = {}
+        waiting: dict[str, datetime] = {}
         for index, op in enumerate(taken):
-            member = BatchOutcome([outcome.results[index]], list(outcome.errors))
-            state = record_outcome(session, op, member, deps)
-            counts[state.value] = counts.get(state.value, 0) + 1
+            member = Attempt({0: attempt.results[index]}, list(attempt.errors),
+                             attempt.retry_after_s)  # fmt: skip
+            member = claim_own_duplicates(session, op, member, now)
+            settled = settle(session, op, member, now=now, may_retry=True, rng=deps.rng)
+            counts[settled.state.value] = counts.get(settled.state.value, 0) + 1
+            if settled.state is State.RETRYING and settled.next_attempt_at is not None:
+                waiting[op.id] = settled.next_attempt_at
+        if waiting:
+            _wait_as_retry_batch(deps, batch_id, waiting)
         return counts
+
+
+def _wait_as_retry_batch(deps: ExecutionDeps, batch_id: str, waiting: dict[str, datetime]) -> None:
+    retry_batch_id = str(uuid.uuid4())
+    at = min(waiting.values())
+    with deps.sessions() as session:
+        operations_repo.reassign_batch(session, list(waiting), retry_batch_id, at)
+        for op_id in waiting:
+            operations_repo.add_log(
+                session, op_id, "waiting in a retry batch", now=deps.clock(),
+                details={"retry_batch_id": retry_batch_id, "of_batch": batch_id,
+                         "size": len(waiting)},
+            )  # fmt: skip
+        session.commit()
+    deps.schedule_retry("batch", retry_batch_id, at)

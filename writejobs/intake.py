@@ -17,9 +17,10 @@ from sqlalchemy.orm import Session
 
 from writejobs.contract import WriteRequest
 from writejobs.errors import ContractError, NotFound, ProviderError, WritejobsError
-from writejobs.execute import ExecutionDeps, call_provider, record_failure, record_outcome
+from writejobs.execute import ExecutionDeps, attempt_write, request_items, write_options
 from writejobs.operations import State
-from writejobs.providers.base import BatchOutcome
+from writejobs.outcomes import Attempt, settle
+from writejobs.providers.base import BatchOutcome, RecordResult
 from writejobs.store import operations_repo, tenants_repo
 from writejobs.store.tables import Installation, Operation, Project
 
@@ -89,20 +90,23 @@ def accept_write(
                      "records": op.record_count},
         )  # fmt: skip
         session.commit()
-        if op.shape == "auto_batch":
-            dispatch.buffer_operation(op)
-            return Accepted(op)
-        if request.is_async:
-            try:
+        if not request.is_async:
+            return _run_inline(session, op, installation, request, deps)
+        try:
+            if op.shape == "auto_batch":
+                dispatch.buffer_operation(op)
+            else:
                 dispatch.send_operation(op.id)
-            except Exception as exc:
-                log.exception("operation %s: could not enqueue", op.id)
-                error = ProviderError(f"could not enqueue the write: {type(exc).__name__}",
-                                      provider="writejobs")  # fmt: skip
-                record_failure(session, op, error, deps)
-                raise EnqueueFailed(error.message) from exc
-            return Accepted(op)
-        return _run_inline(session, op, installation, request, deps)
+        except Exception as exc:
+            # The client will hear 503 and send again: this operation must not
+            # also run, so it ends failed here rather than lingering.
+            log.exception("operation %s: could not enqueue", op.id)
+            message = f"could not enqueue the write: {type(exc).__name__}"
+            failed = RecordResult(success=False, error=message)
+            attempt = Attempt(dict.fromkeys(range(op.record_count), failed), [message])
+            settle(session, op, attempt, now=deps.clock(), may_retry=False, rng=deps.rng)
+            raise EnqueueFailed(message) from exc
+        return Accepted(op)
 
 
 def _run_inline(
@@ -112,15 +116,13 @@ def _run_inline(
     request: WriteRequest,
     deps: ExecutionDeps,
 ) -> Accepted:
-    """A synchronous write: the provider is called inside the request."""
-    try:
-        with deps.open_adapter(installation, deps.settings) as adapter:
-            outcome = call_provider(adapter, op, request)
-    except ProviderError as exc:
-        record_failure(session, op, exc, deps)
-        return Accepted(op, provider_error=exc)
-    record_outcome(session, op, outcome, deps)
-    return Accepted(op, outcome=outcome)
+    """A synchronous write: the provider is called inside the request, once."""
+    items = dict(enumerate(request_items(request)))
+    attempt = attempt_write(deps, installation, op, write_options(request), items,
+                            single=request.batch is None)  # fmt: skip
+    settle(session, op, attempt, now=deps.clock(), may_retry=False, rng=deps.rng)
+    outcome = BatchOutcome([attempt.results[i] for i in range(len(items))], attempt.errors)
+    return Accepted(op, outcome=outcome, provider_error=attempt.call_error)
 
 
 def _new_operation(

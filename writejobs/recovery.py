@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from writejobs.outcomes import expire
 from writejobs.store import operations_repo
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def requeue_stalled(
         )
         batches = sorted({op.batch_id for op in stuck if op.batch_id is not None})
         singles = [op.id for op in stuck if op.batch_id is None]
-        for state in ("queued", "running"):
+        for state in ("queued", "running", "retrying"):
             ids = [op.id for op in stuck if op.state == state]
             if ids:
                 operations_repo.touch(session, ids, state, now=now)
@@ -53,3 +54,25 @@ def requeue_stalled(
         log.warning("operation %s: stalled; sending its task again", op_id)
         send_operation(op_id)
     return batches + singles
+
+
+def expire_overdue(
+    sessions: sessionmaker[Session], *, now: datetime, grace_s: float, limit: int = 1000
+) -> list[str]:
+    """The deadline watchdog: end what is still unfinished `grace_s` after its deadline.
+
+    Workers expire operations themselves when no attempt fits before the
+    deadline; this catches the rest (a wait lost with Redis, a dead scheduler),
+    so nothing stays `in_progress` forever.
+    """
+    expired: list[str] = []
+    with sessions() as session:
+        overdue = operations_repo.overdue(
+            session, deadline_before=now - timedelta(seconds=grace_s), now=now, limit=limit
+        )
+        for op in overdue:
+            reason = f"watchdog: still {op.state} {grace_s:g}s after its deadline"
+            if expire(session, op, reason, now=now):
+                log.warning("operation %s: expired by the watchdog (was %s)", op.id, op.state)
+                expired.append(op.id)
+    return expired

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     # ...and a queued or lapsed running operation this long untouched is sent again
     # (its task was lost with a killed worker or a broker that lost data).
     stalled_after_s: float = Field(default=300.0, gt=0)
+    # The watchdog ends any operation still unfinished this long after its deadline.
+    watchdog_grace_s: float = Field(default=60.0, gt=0)
     # Crash points for fault tests only (see writejobs/failpoints.py); empty in use.
     failpoints: str = ""
     log_level: str = "INFO"

@@ -16,6 +16,7 @@ from writejobs.failpoints import Failpoints
 from writejobs.intake import Dispatch
 from writejobs.providers.connect import open_adapter
 from writejobs.redis_keys import Keys
+from writejobs.retry_queue import RetryQueue
 from writejobs.settings import Settings
 from writejobs.store.db import create_session_factory, create_store_engine
 
@@ -27,19 +28,14 @@ class Wiring:
     sender: Celery
     batcher: AutoBatcher
     dispatch: Dispatch
+    retries: RetryQueue
 
 
 def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
     failpoint = Failpoints(settings.failpoints, settings.data_dir)
-    deps = ExecutionDeps(
-        settings=settings,
-        sessions=create_session_factory(create_store_engine(settings)),
-        open_adapter=open_adapter,
-        clock=clock,
-        failpoint=failpoint,
-    )
     client = redis.Redis.from_url(settings.effective_redis_url)
     sender = create_sender(settings)
+    keys = Keys(settings.redis_namespace)
 
     def send_operation(operation_id: str) -> None:
         sender.send_task(task_names.WRITE_OPERATION, args=[operation_id])
@@ -47,10 +43,20 @@ def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
     def send_batch(batch_id: str) -> None:
         sender.send_task(task_names.WRITE_BATCH, args=[batch_id])
 
+    retries = RetryQueue(client, keys, send_operation, send_batch)
+    deps = ExecutionDeps(
+        settings=settings,
+        sessions=create_session_factory(create_store_engine(settings)),
+        open_adapter=open_adapter,
+        clock=clock,
+        failpoint=failpoint,
+        schedule_retry=retries.schedule,
+    )
+
     batcher = AutoBatcher(
-        client, deps.sessions, send_batch, keys=Keys(settings.redis_namespace), clock=clock,
+        client, deps.sessions, send_batch, keys=keys, clock=clock,
         unsent_grace_s=settings.unsent_grace_s, orphan_grace_s=settings.orphan_grace_s,
         failpoint=failpoint,
     )  # fmt: skip
     dispatch = Dispatch(send_operation=send_operation, buffer_operation=batcher.buffer)
-    return Wiring(deps, client, sender, batcher, dispatch)
+    return Wiring(deps, client, sender, batcher, dispatch, retries)

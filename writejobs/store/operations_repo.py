@@ -52,14 +52,18 @@ def transition(
     A compare-and-set: `UPDATE … WHERE id = :id AND state IN (:allowed)`. False
     means another delivery got there first, and the caller must stop. Entering
     `running` takes a lease of `lease_s`; `running` → `running` succeeds only
-    once the previous holder's lease has lapsed (its worker died).
+    once the previous holder's lease has lapsed (its worker died), and
+    `retrying` → `running` only once the wait is over.
     """
     allowed = ALLOWED_FROM[to]
-    others = [s.value for s in allowed if s is not State.RUNNING or to is not State.RUNNING]
-    condition = Operation.state.in_(others)
-    if to is State.RUNNING and State.RUNNING in allowed:
+    plain = [s.value for s in allowed if to is not State.RUNNING or s is State.QUEUED]
+    condition = Operation.state.in_(plain)
+    if to is State.RUNNING:
+        # A wait is honoured even against a stray early delivery of the task...
+        due = and_(Operation.state == State.RETRYING.value, Operation.next_attempt_at <= now)
+        # ...and a running operation is taken over only from a holder whose lease lapsed.
         lapsed = and_(Operation.state == State.RUNNING.value, Operation.lease_expires_at < now)
-        condition = or_(condition, lapsed)
+        condition = or_(condition, due, lapsed)
     values: dict[str, Any] = {"state": to.value, "updated_at": now, **fields}
     if to is State.RUNNING:
         assert lease_s is not None, "entering running needs a lease"
@@ -184,8 +188,9 @@ def stale_pending(session: Session, *, older_than: datetime, limit: int) -> list
 def stalled(
     session: Session, *, now: datetime, queued_before: datetime, limit: int
 ) -> list[Operation]:
-    """Operations whose task may be lost, untouched since `queued_before`: queued, or
-    running under a lease that lapsed (the worker holding it died)."""
+    """Operations whose task may be lost, untouched since `queued_before`: queued,
+    running under a lease that lapsed (the worker holding it died), or retrying
+    long past their time (the scheduler that released the wait died)."""
     statement = (
         select(Operation)
         .where(
@@ -194,6 +199,11 @@ def stalled(
                 and_(
                     Operation.state == State.RUNNING.value,
                     Operation.lease_expires_at < now,
+                    Operation.updated_at < queued_before,
+                ),
+                and_(
+                    Operation.state == State.RETRYING.value,
+                    Operation.next_attempt_at < queued_before,
                     Operation.updated_at < queued_before,
                 ),
             )
@@ -210,5 +220,37 @@ def touch(session: Session, operation_ids: list[str], state: str, *, now: dateti
         update(Operation)
         .where(Operation.id.in_(operation_ids), Operation.state == state)
         .values(updated_at=now)
+    )
+    session.execute(statement, execution_options=_NO_SYNC)
+
+
+def overdue(
+    session: Session, *, deadline_before: datetime, now: datetime, limit: int
+) -> list[Operation]:
+    """Non-terminal operations whose deadline passed before `deadline_before`.
+
+    A running one counts only when its lease lapsed: a live worker finishes it.
+    """
+    waiting = [State.PENDING.value, State.QUEUED.value, State.RETRYING.value]
+    statement = (
+        select(Operation)
+        .where(
+            Operation.deadline_at < deadline_before,
+            or_(
+                Operation.state.in_(waiting),
+                and_(Operation.state == State.RUNNING.value, Operation.lease_expires_at < now),
+            ),
+        )
+        .limit(limit)
+    )
+    return list(session.scalars(statement))
+
+
+def reassign_batch(session: Session, operation_ids: list[str], batch_id: str, at: datetime) -> None:
+    """Put retrying members into a retry batch that runs at `at` (one time for all)."""
+    statement = (
+        update(Operation)
+        .where(Operation.id.in_(operation_ids), Operation.state == State.RETRYING.value)
+        .values(batch_id=batch_id, next_attempt_at=at)
     )
     session.execute(statement, execution_options=_NO_SYNC)

@@ -104,6 +104,10 @@ class Operation(Base):
     deadline_at: Mapped[datetime | None] = mapped_column(default=None)
     max_delay_s: Mapped[float | None] = mapped_column(default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Failed attempts that grow the backoff (a Retry-After wait does not).
+    backoff_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
     last_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
