@@ -1,8 +1,9 @@
 """The sandbox app: local stand-ins for the providers writejobs writes to.
 
-One FastAPI app holds a router per provider (HubSpot today; Salesforce and Opus
-plug in the same way) over one shared `SandboxState`, plus `/_sandbox/*` routes
-that tests and benchmarks use to read what the providers saw and to reset them.
+One FastAPI app holds a router per provider (HubSpot, Salesforce, AvePoint Opus)
+over one shared `SandboxState`, plus `/_sandbox/*` routes that tests and
+benchmarks use to read what the providers saw and to reset them. Each provider
+answers errors, malformed bodies included, in its own shape.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sandbox import hubspot
+from sandbox import hubspot, opus, salesforce
 from sandbox.state import LoggedRequest, SandboxState, iso_now
 
 
@@ -24,6 +25,8 @@ def create_app(state: SandboxState | None = None) -> FastAPI:
     app = FastAPI(title="writejobs provider sandbox", openapi_url=None)
     app.state.sandbox = state
     app.include_router(hubspot.create_router(state))
+    app.include_router(salesforce.create_router(state))
+    app.include_router(opus.create_router(state))
     app.include_router(_control_router(state))
     app.add_middleware(RequestLogMiddleware, state=state)
 
@@ -31,17 +34,34 @@ def create_app(state: SandboxState | None = None) -> FastAPI:
         assert isinstance(error, hubspot.HubSpotError)
         return hubspot.hubspot_error_response(error)
 
+    async def on_salesforce_error(_request: Request, error: Exception) -> Response:
+        assert isinstance(error, salesforce.SalesforceError)
+        return salesforce.salesforce_error_response(error)
+
+    async def on_opus_error(_request: Request, error: Exception) -> Response:
+        assert isinstance(error, opus.OpusError)
+        return opus.opus_error_response(error)
+
     async def on_invalid_body(request: Request, error: Exception) -> Response:
         assert isinstance(error, RequestValidationError)
         # Each provider answers a malformed body in its own error shape.
-        if request.url.path.startswith(hubspot.OBJECTS_PREFIX):
+        path = request.url.path
+        if path.startswith(hubspot.OBJECTS_PREFIX):
             message = f"Invalid input JSON: {_describe(error)}"
             return hubspot.hubspot_error_response(
                 hubspot.HubSpotError(400, "VALIDATION_ERROR", message)
             )
+        if path.startswith(salesforce.DATA_PREFIX):
+            return salesforce.salesforce_error_response(
+                salesforce.SalesforceError(400, "JSON_PARSER_ERROR", _describe(error))
+            )
+        if path.startswith(opus.PREFIX):
+            return opus.opus_error_response(opus.OpusError(400, _describe(error)))
         return await request_validation_exception_handler(request, error)
 
     app.add_exception_handler(hubspot.HubSpotError, on_hubspot_error)
+    app.add_exception_handler(salesforce.SalesforceError, on_salesforce_error)
+    app.add_exception_handler(opus.OpusError, on_opus_error)
     app.add_exception_handler(RequestValidationError, on_invalid_body)
     return app
 

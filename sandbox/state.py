@@ -50,9 +50,13 @@ class SandboxState:
 
     lock: threading.RLock = field(default_factory=threading.RLock)
     records: dict[tuple[str, str], dict[str, StoredRecord]] = field(default_factory=dict)
-    # Unique values a provider enforces beside its records (HubSpot: contact email -> id),
-    # keyed by (provider, object, property), so a duplicate check is not a scan.
+    # Values a provider looks records up by (HubSpot: contact email -> id, which it
+    # enforces; Salesforce: email -> a contact holding it, to count duplicates), keyed
+    # by (provider, object, property), so a duplicate check is not a scan.
     unique_values: dict[tuple[str, str, str], dict[str, str]] = field(default_factory=dict)
+    # Ids of deleted records per (provider, object), for providers that tell "deleted"
+    # from "never existed" (Salesforce's ENTITY_IS_DELETED).
+    deleted_ids: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     calls: Counter[str] = field(default_factory=Counter)
     duplicate_creates: int = 0
     batch_sizes: list[int] = field(default_factory=list)
@@ -68,6 +72,10 @@ class SandboxState:
     def unique_index(self, provider: str, object_name: str, prop: str) -> dict[str, str]:
         """The value -> record id index of one unique property. Call under `lock`."""
         return self.unique_values.setdefault((provider, object_name, prop), {})
+
+    def tombstones(self, provider: str, object_name: str) -> set[str]:
+        """The ids deleted from one object type. Call under `lock`."""
+        return self.deleted_ids.setdefault((provider, object_name), set())
 
     def next_id(self) -> str:
         """A new record id: numeric and increasing, like HubSpot's. Call under `lock`."""
@@ -114,6 +122,7 @@ class SandboxState:
         with self.lock:
             self.records.clear()
             self.unique_values.clear()
+            self.deleted_ids.clear()
             self.calls.clear()
             self.duplicate_creates = 0
             self.batch_sizes.clear()

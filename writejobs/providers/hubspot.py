@@ -7,21 +7,20 @@ chunk when one input is bad; batch updates are always partial. Results come back
 unordered, so they are matched to inputs by trace id (creates) or id (updates).
 
 Every failed call is classified by `classify_failure`, the one place that knows which
-HubSpot answers are worth retrying.
+HubSpot answers are worth retrying; the rules every provider shares (Retry-After,
+transport errors, chunking) are in `http_common`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
 
-from writejobs.errors import PermanentProviderError, ProviderError, RetryableProviderError
+from writejobs.clock import Clock, utcnow
+from writejobs.errors import ProviderError
 from writejobs.providers.base import (
     BatchOutcome,
     RecordResult,
@@ -29,23 +28,29 @@ from writejobs.providers.base import (
     WriteOptions,
     WriteType,
 )
+from writejobs.providers.http_common import (
+    failed_chunk,
+    is_retryable_status,
+    json_objects,
+    read_json,
+    rejects_the_record,
+    response_failure,
+    transport_failure,
+    unreadable_response,
+    write_in_chunks,
+)
+
+# Re-exported: callers and tests have always found it here.
+from writejobs.providers.http_common import parse_retry_after as parse_retry_after
 
 PROVIDER = "hubspot"
 OBJECTS_PATH = "/crm/v3/objects"
-# 477 is HubSpot's "portal is migrating between data centres": it passes on its own.
-_RETRYABLE_STATUSES = frozenset({408, 429, 477})
-# Bad credentials fail every record alike, so they are the call's failure, not a record's.
-_CALL_FAILURE_STATUSES = frozenset({401, 403})
+DISPLAY_NAME = "HubSpot"
+# HubSpot's "portal is migrating between data centres": it passes on its own.
+_MIGRATING_STATUS = 477
 # Per-record batch errors carry a category but no HTTP status; these are HubSpot's own.
 _CATEGORY_STATUS = {"VALIDATION_ERROR": 400, "OBJECT_NOT_FOUND": 404, "CONFLICT": 409}
-_RAW_RESPONSE_CHARS = 2000
 _NO_RESULT = "HubSpot returned no result for this record"
-
-Clock = Callable[[], datetime]
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class HubSpotAdapter:
@@ -63,7 +68,7 @@ class HubSpotAdapter:
     provider: str = PROVIDER
     max_batch_size: int = 100
 
-    def __init__(self, client: httpx.Client, *, clock: Clock = _utc_now) -> None:
+    def __init__(self, client: httpx.Client, *, clock: Clock = utcnow) -> None:
         self._client = client
         # Turns a Retry-After HTTP-date into seconds; injected so tests fix "now".
         self._clock = clock
@@ -111,17 +116,11 @@ class HubSpotAdapter:
         asked to wait. `options.all_or_none` applies to creates; updates are always
         partial on HubSpot.
         """
-        results: list[RecordResult] = []
-        errors: list[str] = []
-        retry_after_s: float | None = None
-        for start in range(0, len(items), self.max_batch_size):
-            chunk = items[start : start + self.max_batch_size]
-            outcome = self._write_chunk(object_name, write_type, chunk, options)
-            results.extend(outcome.results)
-            errors.extend(outcome.errors)
-            if outcome.retry_after_s is not None:
-                retry_after_s = max(retry_after_s or 0.0, outcome.retry_after_s)
-        return BatchOutcome(results=results, errors=errors, retry_after_s=retry_after_s)
+        return write_in_chunks(
+            items,
+            self.max_batch_size,
+            lambda chunk: self._write_chunk(object_name, write_type, chunk, options),
+        )
 
     def _write_chunk(
         self,
@@ -156,16 +155,7 @@ class HubSpotAdapter:
                 raise classify_failure(response, now=self._clock())
             body = _json_object(response)
         except ProviderError as error:
-            failed = RecordResult(
-                success=False,
-                error=error.message,
-                retryable=error.retryable,
-                status_code=error.status_code,
-            )
-            return BatchOutcome(
-                results=[early.get(p, failed) for p in range(len(chunk))],
-                retry_after_s=error.retry_after_s,
-            )
+            return failed_chunk(error, len(chunk), early)
 
         context_key = "objectWriteTraceId" if write_type == "create" else "ids"
         result_key = "objectWriteTraceId" if write_type == "create" else "id"
@@ -193,43 +183,12 @@ def classify_failure(
     `retry_after_s`. Permanent: every other 4xx, with HubSpot's `message`.
     """
     if isinstance(failure, httpx.TransportError):
-        message = str(failure) or type(failure).__name__
-        return RetryableProviderError(f"HubSpot unreachable: {message}", provider=PROVIDER)
+        return transport_failure(failure, provider=PROVIDER, display_name=DISPLAY_NAME)
     status = failure.status_code
-    raw = failure.text[:_RAW_RESPONSE_CHARS]
-    message = _hubspot_message(failure)
-    if status in _RETRYABLE_STATUSES or status >= 500:
-        retry_after_s = parse_retry_after(failure.headers.get("Retry-After"), now=now)
-        return RetryableProviderError(
-            message,
-            provider=PROVIDER,
-            status_code=status,
-            retry_after_s=retry_after_s,
-            raw_response=raw,
-        )
-    return PermanentProviderError(message, provider=PROVIDER, status_code=status, raw_response=raw)
-
-
-def rejects_the_record(error: ProviderError) -> bool:
-    """Whether a failed single-record call means "this record is refused" (400, 404, 409…)."""
-    return not error.retryable and error.status_code not in _CALL_FAILURE_STATUSES
-
-
-def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
-    """Seconds to wait from a `Retry-After` header: delay-seconds or an HTTP-date."""
-    if value is None or not value.strip():
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            at = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if at.tzinfo is None:
-            at = at.replace(tzinfo=UTC)
-        seconds = (at - now).total_seconds()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
+    retryable = status == _MIGRATING_STATUS or is_retryable_status(status)
+    return response_failure(
+        failure, _hubspot_message(failure), provider=PROVIDER, retryable=retryable, now=now
+    )
 
 
 def _match(
@@ -250,7 +209,7 @@ def _match(
             positions.setdefault(key, []).append(position)
     matched: dict[int, RecordResult] = {}
     keyless: list[RecordResult] = []
-    for result in _objects(body.get("results")):
+    for result in json_objects(body.get("results")):
         key = result.get(result_key)
         if key is not None and str(key) in positions:
             for position in positions[str(key)]:
@@ -259,7 +218,7 @@ def _match(
             keyless.append(_success(result))
 
     unmatched: list[str] = []
-    for error in _objects(body.get("errors")):
+    for error in json_objects(body.get("errors")):
         message = str(error.get("message") or error.get("category") or "unknown HubSpot error")
         failed = RecordResult(
             success=False,
@@ -316,29 +275,16 @@ def _objects_path(object_name: str, record_id: str | None = None) -> str:
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:
     """A 2xx body as a JSON object; anything else is a call we cannot read, so not retried."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
+    body = read_json(response)
     if not isinstance(body, dict):
-        raise PermanentProviderError(
-            f"HubSpot answered {response.status_code} with a body that is not a JSON object",
-            provider=PROVIDER,
-            status_code=response.status_code,
-            raw_response=response.text[:_RAW_RESPONSE_CHARS],
+        raise unreadable_response(
+            response, provider=PROVIDER, display_name=DISPLAY_NAME, expected="a JSON object"
         )
     return body
 
 
-def _objects(value: Any) -> Iterable[dict[str, Any]]:
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
-
-
 def _hubspot_message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
+    body = read_json(response)
     if isinstance(body, dict) and isinstance(body.get("message"), str) and body["message"]:
         return str(body["message"])
     text = response.text.strip()

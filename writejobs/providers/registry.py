@@ -9,9 +9,14 @@ import httpx
 from writejobs.errors import ContractError
 from writejobs.providers.base import ProviderAdapter
 from writejobs.providers.hubspot import HubSpotAdapter
+from writejobs.providers.opus import OpusAdapter
+from writejobs.providers.salesforce import SalesforceAdapter
 
+# Opus is built without a connection id, so a write's object name names its connection.
 _ADAPTERS: dict[str, Callable[[httpx.Client], ProviderAdapter]] = {
     "hubspot": HubSpotAdapter,
+    "opus": OpusAdapter,
+    "salesforce": SalesforceAdapter,
 }
 
 
