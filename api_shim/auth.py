@@ -7,7 +7,6 @@ from starlette.concurrency import run_in_threadpool
 
 from api_shim.problems import ApiProblem
 from api_shim.state import AppState
-from writejobs.store import tenants_repo
 from writejobs.store.tables import Project
 
 
@@ -31,5 +30,4 @@ async def authenticated_project(request: Request, project_id_or_name: str) -> Pr
 
 
 def _lookup(state: AppState, key: str) -> Project | None:
-    with state.deps.sessions() as session:
-        return tenants_repo.project_for_api_key(session, key)
+    return state.dispatch.directory.project_for_api_key(key)

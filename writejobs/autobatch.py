@@ -146,12 +146,13 @@ class AutoBatcher:
             moved = operations_repo.assign_batch(
                 session, claim.member_ids, claim.batch_id, claim.reason, now=now
             )
-            for op_id in claim.member_ids:
-                operations_repo.add_log(
-                    session, op_id, f"flushed in batch ({claim.reason})", now=now,
-                    details={"batch_id": claim.batch_id, "batch_size": len(claim.member_ids),
-                             "reason": claim.reason},
-                )  # fmt: skip
+            details = {"batch_id": claim.batch_id, "batch_size": len(claim.member_ids),
+                       "reason": claim.reason}  # fmt: skip
+            operations_repo.add_logs(session, [
+                {"operation_id": op_id, "timestamp": now, "details": details,
+                 "msg": f"flushed in batch ({claim.reason})"}
+                for op_id in claim.member_ids
+            ])  # fmt: skip
             session.commit()
         self.failpoint("flush.before_send")
         self.send_batch(claim.batch_id)

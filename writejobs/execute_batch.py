@@ -18,7 +18,6 @@ from writejobs.execute import (
     attempt_write,
     claim_own_duplicates,
     request_items,
-    start_attempt,
 )
 from writejobs.operations import State
 from writejobs.outcomes import Attempt, settle
@@ -38,18 +37,20 @@ def run_batch(
     """
     with deps.sessions() as session:
         now = deps.clock()
-        taken = [op for op in operations_repo.batch_members(session, batch_id)
-                 if start_attempt(session, op, deps, now)]  # fmt: skip
+        taken = operations_repo.take_batch(
+            session, batch_id, now=now, lease_s=deps.settings.running_lease_s
+        )
         if not taken:
             log.info("batch %s: nothing to do (members finished, waiting or held)", batch_id)
             return {}
+        log.info("batch %s: attempt started with %d member(s)", batch_id, len(taken))
         if on_start is not None:
             on_start(batch_id)
-        for op in taken:
-            operations_repo.add_log(
-                session, op.id, "attempt started", now=now,
-                details={"attempt": op.attempts, "batch_id": batch_id, "batch_size": len(taken)},
-            )  # fmt: skip
+        operations_repo.add_logs(session, [
+            {"operation_id": op.id, "timestamp": now, "msg": "attempt started",
+             "details": {"attempt": op.attempts, "batch_id": batch_id, "batch_size": len(taken)}}
+            for op in taken
+        ])  # fmt: skip
         session.commit()
         first = taken[0]
         installation = tenants_repo.get_installation(session, first.installation_id)
@@ -67,10 +68,12 @@ def run_batch(
             member = Attempt({0: attempt.results[index]}, list(attempt.errors),
                              attempt.retry_after_s)  # fmt: skip
             member = claim_own_duplicates(session, op, member, now)
-            settled = settle(session, op, member, now=now, may_retry=True, rng=deps.rng)
+            settled = settle(session, op, member, now=now, may_retry=True, rng=deps.rng,
+                             commit=False)  # fmt: skip
             counts[settled.state.value] = counts.get(settled.state.value, 0) + 1
             if settled.state is State.RETRYING and settled.next_attempt_at is not None:
                 waiting[op.id] = settled.next_attempt_at
+        session.commit()
         if waiting:
             _wait_as_retry_batch(deps, batch_id, waiting)
         return counts

@@ -16,12 +16,13 @@ from datetime import timedelta
 from sqlalchemy.orm import Session
 
 from writejobs.contract import WriteRequest
+from writejobs.directory import TenantDirectory
 from writejobs.errors import ContractError, NotFound, ProviderError, WritejobsError
 from writejobs.execute import ExecutionDeps, attempt_write, request_items, write_options
 from writejobs.operations import State
 from writejobs.outcomes import Attempt, settle
 from writejobs.providers.base import BatchOutcome, RecordResult
-from writejobs.store import operations_repo, tenants_repo
+from writejobs.store import operations_repo
 from writejobs.store.tables import Installation, Operation, Project
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class Dispatch:
 
     send_operation: Callable[[str], None]
     buffer_operation: Callable[[Operation], None]
+    directory: TenantDirectory
 
 
 def accept_write(
@@ -65,14 +67,12 @@ def accept_write(
     Raises `NotFound` for an unknown integration, `ContractError` for a request
     the installation cannot take, and `EnqueueFailed` when the broker is down.
     """
+    integration = dispatch.directory.integration(target.project.id, target.integration_id_or_name)
+    if integration is None:
+        raise NotFound(f"integration {target.integration_id_or_name!r} not found")
+    installation = dispatch.directory.installation(integration.id, request.group_ref)
     with deps.sessions() as session:
         now = deps.clock()
-        integration = tenants_repo.find_integration(
-            session, target.project.id, target.integration_id_or_name
-        )
-        if integration is None:
-            raise NotFound(f"integration {target.integration_id_or_name!r} not found")
-        installation = tenants_repo.find_installation(session, integration.id, request.group_ref)
         if installation is None:
             raise ContractError(
                 f"groupRef {request.group_ref!r} has no installation of integration "
@@ -83,7 +83,7 @@ def accept_write(
                 f"deletion is not enabled for object {target.object_name!r} in this installation"
             )
         op = _new_operation(target, request, installation, deps)
-        session.add(op)
+        operations_repo.insert_operation(session, op)
         operations_repo.add_log(
             session, op.id, "write accepted", now=now,
             details={"mode": request.mode, "type": request.type, "shape": op.shape,
@@ -139,7 +139,10 @@ def _new_operation(
     if request.auto_batch_policy is not None:
         shape = "auto_batch"
         max_delay_s = request.auto_batch_policy.max_delay_minutes * 60 * scale
-        deadline_at = now + timedelta(hours=request.auto_batch_policy.retry_deadline_hours * scale)
+        # The retry window opens at the flush, which comes at the latest when the
+        # record's delay ends: so the deadline counts from there, not from arrival.
+        retry_s = request.auto_batch_policy.retry_deadline_hours * 3600 * scale
+        deadline_at = now + timedelta(seconds=max_delay_s + retry_s)
     elif request.is_async:
         hours = request.retry_policy.deadline_hours if request.retry_policy else 1
         deadline_at = now + timedelta(hours=hours * scale)
@@ -163,6 +166,9 @@ def _new_operation(
         request=request.model_dump(mode="json", by_alias=True, exclude_none=True),
         state=state.value,
         attempts=0 if request.is_async else 1,
+        backoff_failures=0,
+        success_count=0,
+        failure_count=0,
         record_count=len(request.batch) if request.batch is not None else 1,
         deadline_at=deadline_at,
         max_delay_s=max_delay_s,

@@ -81,8 +81,9 @@ def settle(
     now: datetime,
     may_retry: bool,
     rng: random.Random,
+    commit: bool = True,
 ) -> Settled:
-    """Merge an attempt into the operation and move it to what comes next (committed)."""
+    """Merge an attempt into the operation and move it to what comes next."""
     rows: list[dict[str, Any]] = list(op.results or [{"success": False}] * op.record_count)
     for index, result in attempt.results.items():
         rows[index] = result_row(result)
@@ -105,11 +106,11 @@ def settle(
                 session, op.id, State.RETRYING, now=now, results=rows, next_attempt_at=at,
                 backoff_failures=failures, last_error=last_error,
                 success_count=_count(rows, True), failure_count=_count(rows, False),
-                result_summary=f"[{op.object_name}] Retrying: {last_error}",
+                result_summary=f"[{op.object_name}] Retrying: {last_error}", commit=commit,
             )  # fmt: skip
             return Settled(State.RETRYING, at)
     if retryable and may_retry:
-        return _expire(session, op, rows, retryable, last_error, now)
+        return _expire(session, op, rows, retryable, last_error, now, commit=commit)
     for index, row in enumerate(rows):
         row.pop("retryable", None)
         if not row["success"] and index in attempt.results:
@@ -118,7 +119,7 @@ def settle(
                 details={"record_index": index, "http_status": row.get("status")},
             )  # fmt: skip
     state = outcome_state(_count(rows, True), _count(rows, False))
-    _finish(session, op, state, rows, attempt.errors, summarize(op, rows, state), now)
+    _finish(session, op, state, rows, attempt.errors, summarize(op, rows, state), now, commit)
     return Settled(state)
 
 
@@ -139,6 +140,8 @@ def _expire(
     todo: list[int],
     last_error: str | None,
     now: datetime,
+    *,
+    commit: bool = True,
 ) -> Settled:
     message = "deadline exceeded" + (f"; last error: {last_error}" if last_error else "")
     for index in todo:
@@ -149,7 +152,7 @@ def _expire(
                  else "none"},
     )  # fmt: skip
     summary = f"[{op.object_name}] {message}"
-    moved = _finish(session, op, State.EXPIRED, rows, [message], summary, now)
+    moved = _finish(session, op, State.EXPIRED, rows, [message], summary, now, commit)
     return Settled(State.EXPIRED if moved else State(op.state))
 
 
@@ -161,6 +164,7 @@ def _finish(
     errors: list[str],
     summary: str,
     now: datetime,
+    commit: bool = True,
 ) -> bool:
     failed = [f"record {i}: {r['error']}" for i, r in enumerate(rows) if not r["success"]
               and r.get("error")]  # fmt: skip
@@ -173,7 +177,7 @@ def _finish(
     return operations_repo.transition(
         session, op.id, state, now=now, results=rows, errors=(errors + failed) or None,
         success_count=_count(rows, True), failure_count=_count(rows, False),
-        result_summary=summary, next_attempt_at=None,
+        result_summary=summary, next_attempt_at=None, commit=commit,
     )  # fmt: skip
 
 

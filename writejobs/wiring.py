@@ -11,6 +11,7 @@ from writejobs import task_names
 from writejobs.autobatch import AutoBatcher
 from writejobs.celery_config import create_sender
 from writejobs.clock import Clock, utcnow
+from writejobs.directory import TenantDirectory
 from writejobs.execute import ExecutionDeps
 from writejobs.failpoints import Failpoints
 from writejobs.intake import Dispatch
@@ -58,5 +59,6 @@ def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
         unsent_grace_s=settings.unsent_grace_s, orphan_grace_s=settings.orphan_grace_s,
         failpoint=failpoint,
     )  # fmt: skip
-    dispatch = Dispatch(send_operation=send_operation, buffer_operation=batcher.buffer)
+    directory = TenantDirectory(deps.sessions)
+    dispatch = Dispatch(send_operation, batcher.buffer, directory)
     return Wiring(deps, client, sender, batcher, dispatch, retries)

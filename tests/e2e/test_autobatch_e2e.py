@@ -15,7 +15,13 @@ import pytest
 
 from api_shim.app import create_app
 from tests.support.servers import serve_in_thread
-from tests.support.system import Tenant, create_tenant, running_scheduler, running_worker
+from tests.support.system import (
+    Tenant,
+    create_tenant,
+    running_api,
+    running_scheduler,
+    running_worker,
+)
 from writejobs.settings import Settings
 
 
@@ -42,6 +48,15 @@ def _stats(sandbox_url: str) -> dict[str, Any]:
 
 
 @pytest.fixture()
+def heavy(backend: str) -> None:
+    """Long tests run on one backend: the external database when there is one."""
+    from tests.conftest import _backends
+
+    if backend != _backends()[-1]:
+        pytest.skip("long test: runs once, on " + _backends()[-1])
+
+
+@pytest.fixture()
 def scaled(settings: Settings) -> Settings:
     """Settings where a policy minute lasts 1.2 s, with fast recovery sweeps."""
     return settings.model_copy(update={
@@ -57,7 +72,7 @@ def scaled_api(scaled: Settings) -> Iterator[str]:
 
 @pytest.mark.timeout(300)
 def test_250_records_become_batches_of_100_100_and_50_in_real_time(
-    settings: Settings, api_url: str, own_sandbox: str, worker: object
+    settings: Settings, api_url: str, own_sandbox: str, worker: object, heavy: None
 ) -> None:
     tenant = create_tenant(settings, api_url, own_sandbox)
     with running_scheduler(settings), tenant.client() as client:
@@ -91,36 +106,43 @@ def test_250_records_become_batches_of_100_100_and_50_in_real_time(
 
 @pytest.mark.timeout(600)
 def test_two_schedulers_and_concurrent_intake_flush_every_record_exactly_once(
-    scaled: Settings, scaled_api: str, own_sandbox: str, worker: object
+    scaled: Settings, own_sandbox: str, heavy: None
 ) -> None:
-    # Given 10,000 records spread unevenly over 50 groups, sent by 16 clients at once
-    tenant = create_tenant(scaled, scaled_api, own_sandbox)
-    rng = random.Random(7)
-    objects = [f"things{g}" for g in range(50)]
-    plan = [(rng.choice(objects), f"k{i}") for i in range(10_000)]
+    # Given a queue, a worker, an API process and two schedulers of this test's own
+    own = scaled.model_copy(update={"celery_queue": f"load-{uuid.uuid4().hex[:6]}",
+                                    "policy_time_scale": 0.5})  # fmt: skip
+    with running_api(own) as api, running_worker(own, concurrency=2):
+        tenant = create_tenant(own, api, own_sandbox)
+        # and 10,000 records spread unevenly over 50 groups, sent by 16 clients at once
+        rng = random.Random(7)
+        objects = [f"things{g}" for g in range(50)]
+        plan = [(rng.choice(objects), f"k{i}") for i in range(10_000)]
 
-    def send(chunk: list[tuple[str, str]]) -> list[str]:
-        with tenant.client() as client:
-            return [_auto(tenant, client, {"key": key}, object_name=obj) for obj, key in chunk]
+        def send(chunk: list[tuple[str, str]]) -> list[str]:
+            with tenant.client() as client:
+                return [_auto(tenant, client, {"key": key}, object_name=obj)
+                        for obj, key in chunk]  # fmt: skip
 
-    with running_scheduler(scaled, "scheduler-a"), running_scheduler(scaled, "scheduler-b"):
-        with ThreadPoolExecutor(16) as pool:
-            chunks = [plan[i::16] for i in range(16)]
-            ids = [op_id for part in pool.map(send, chunks) for op_id in part]
-        views = tenant.wait_terminal(ids, timeout_s=300)
+        with running_scheduler(own, "scheduler-a"), running_scheduler(own, "scheduler-b"):
+            with ThreadPoolExecutor(16) as pool:
+                chunks = [plan[i::16] for i in range(16)]
+                ids = [op_id for part in pool.map(send, chunks) for op_id in part]
+            views = tenant.wait_terminal(ids, timeout_s=300)
     # Then every record reached the provider exactly once
     stats = _stats(own_sandbox)
     assert sum(stats["batch_sizes"]) == 10_000
     assert stats["records_stored"] == 10_000
     assert stats["duplicate_creates"] == 0
     assert {v["status"] for v in views.values()} == {"success"}
-    # and no batch mixed groups
+    # and no batch mixed groups or passed 100 records
     objects_by_batch: dict[str, set[str]] = {}
     for view in views.values():
         batch_id = view["metadata"]["batch"]["id"]
         objects_by_batch.setdefault(batch_id, set()).update(view["metadata"]["objects"])
     assert all(len(objs) == 1 for objs in objects_by_batch.values())
     assert max(Counter(v["metadata"]["batch"]["id"] for v in views.values()).values()) <= 100
+    reasons = Counter(v["metadata"]["batch"]["flushReason"] for v in views.values())
+    assert reasons["size"] > 0 and reasons["time"] > 0  # both flush paths raced
 
 
 @pytest.mark.timeout(180)

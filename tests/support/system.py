@@ -126,6 +126,32 @@ def running_scheduler(settings: Settings, name: str = "scheduler") -> Iterator[C
         child.stop()
 
 
+@contextmanager
+def running_api(settings: Settings) -> Iterator[str]:
+    """The API as a process of its own (load tests: no GIL shared with the clients)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    own = settings.model_copy(update={"api_port": port, "api_host": "127.0.0.1"})
+    child = start_child("api", ["api"], own)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or child.process.poll() is not None:
+                    raise RuntimeError(f"api did not start:\n{child.output()[-3000:]}") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        child.stop()
+
+
 @dataclass
 class Tenant:
     """A project with its key, one integration and one installation on a sandbox."""

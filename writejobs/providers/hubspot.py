@@ -13,6 +13,7 @@ transport errors, chunking) are in `http_common`.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import quote
@@ -100,7 +101,12 @@ class HubSpotAdapter:
         error = classify_failure(response, now=self._clock())
         if not rejects_the_record(error):
             raise error
-        return RecordResult(success=False, error=error.message, status_code=error.status_code)
+        return RecordResult(
+            success=False,
+            error=error.message,
+            status_code=error.status_code,
+            existing_id=existing_id(error.message) if error.status_code == 409 else None,
+        )
 
     def write_batch(
         self,
@@ -191,6 +197,15 @@ def classify_failure(
     )
 
 
+_EXISTING_ID = re.compile(r"Existing ID: ?(\d+)")
+
+
+def existing_id(message: str) -> str | None:
+    """The id HubSpot names when a create conflicts with a record it already has."""
+    found = _EXISTING_ID.search(message)
+    return found.group(1) if found else None
+
+
 def _match(
     keys: dict[int, str | None],
     body: dict[str, Any],
@@ -220,10 +235,12 @@ def _match(
     unmatched: list[str] = []
     for error in json_objects(body.get("errors")):
         message = str(error.get("message") or error.get("category") or "unknown HubSpot error")
+        conflict = error.get("category") == "CONFLICT"
         failed = RecordResult(
             success=False,
             error=message,
             status_code=_CATEGORY_STATUS.get(str(error.get("category"))),
+            existing_id=existing_id(message) if conflict else None,
         )
         context = error.get("context")
         named = context.get(context_key) if isinstance(context, dict) else None

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from writejobs.clock import as_utc, iso
@@ -24,8 +24,13 @@ log = logging.getLogger(__name__)
 _NO_SYNC = {"synchronize_session": False}
 
 
-def add_operation(session: Session, operation: Operation) -> None:
-    session.add(operation)
+def insert_operation(session: Session, operation: Operation) -> None:
+    """Insert a new operation with one Core INSERT (the ORM's unit of work costs more
+    than the write itself at intake); `operation` stays a detached, readable object."""
+    row = {c.key: getattr(operation, c.key) for c in Operation.__table__.columns}
+    # Unset attributes are left out, so the columns' own defaults apply.
+    row = {key: value for key, value in row.items() if value is not None}
+    session.execute(insert(Operation.__table__), [row])
 
 
 def get_operation(session: Session, operation_id: str) -> Operation | None:
@@ -45,15 +50,17 @@ def transition(
     *,
     now: datetime,
     lease_s: float | None = None,
+    commit: bool = True,
     **fields: Any,
 ) -> bool:
-    """Move an operation to `to` if its current state allows it; commit; say if it moved.
+    """Move an operation to `to` if its current state allows it; say if it moved.
 
     A compare-and-set: `UPDATE … WHERE id = :id AND state IN (:allowed)`. False
     means another delivery got there first, and the caller must stop. Entering
     `running` takes a lease of `lease_s`; `running` → `running` succeeds only
     once the previous holder's lease has lapsed (its worker died), and
-    `retrying` → `running` only once the wait is over.
+    `retrying` → `running` only once the wait is over. Commits unless told not to
+    (a batch settles all its members in one transaction).
     """
     allowed = ALLOWED_FROM[to]
     plain = [s.value for s in allowed if to is not State.RUNNING or s is State.QUEUED]
@@ -70,7 +77,8 @@ def transition(
         values["lease_expires_at"] = now + timedelta(seconds=lease_s)
     statement = update(Operation).where(Operation.id == operation_id, condition).values(**values)
     moved = session.execute(statement, execution_options=_NO_SYNC).rowcount == 1  # type: ignore[attr-defined]
-    session.commit()
+    if commit:
+        session.commit()
     if not moved:
         log.info("operation %s: not moved to %s (state changed elsewhere)", operation_id, to)
     return moved
@@ -87,16 +95,24 @@ def add_log(
     details: dict[str, Any] | None = None,
 ) -> None:
     """Append one line to an operation's story (committed by the caller)."""
-    session.add(
-        OperationLog(
-            operation_id=operation_id,
-            timestamp=now,
-            severity=severity,
-            msg=msg,
-            error=error,
-            details={k: str(v) for k, v in (details or {}).items()},
-        )
-    )
+    row = {
+        "operation_id": operation_id,
+        "timestamp": now,
+        "severity": severity,
+        "msg": msg,
+        "error": error,
+        "details": {k: str(v) for k, v in (details or {}).items()},
+    }
+    session.execute(insert(OperationLog.__table__), [row])
+
+
+def add_logs(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Append many log lines in one statement: {operation_id, msg, timestamp, details, …}."""
+    if rows:
+        filled = [{"severity": "INFO", "error": None, "details": {}, **row} for row in rows]
+        for row in filled:
+            row["details"] = {k: str(v) for k, v in row["details"].items()}
+        session.execute(insert(OperationLog.__table__), filled)
 
 
 def list_logs(session: Session, operation_id: str) -> list[OperationLog]:
@@ -165,6 +181,36 @@ def assign_batch(
     )
     moved: int = session.execute(statement, execution_options=_NO_SYNC).rowcount  # type: ignore[attr-defined]
     return moved
+
+
+def take_batch(
+    session: Session, batch_id: str, *, now: datetime, lease_s: float
+) -> list[Operation]:
+    """Move every member of a batch that may run now into `running`, in one statement.
+
+    The same conditions as `transition` to `running`; returns the members this
+    call took (committed), oldest first.
+    """
+    can_run = or_(
+        Operation.state == State.QUEUED.value,
+        and_(Operation.state == State.RETRYING.value, Operation.next_attempt_at <= now),
+        and_(Operation.state == State.RUNNING.value, Operation.lease_expires_at < now),
+    )
+    statement = (
+        update(Operation)
+        .where(Operation.batch_id == batch_id, can_run)
+        .values(state=State.RUNNING.value, attempts=Operation.attempts + 1, last_attempt_at=now,
+                lease_expires_at=now + timedelta(seconds=lease_s), updated_at=now)
+        .returning(Operation.id)
+    )  # fmt: skip
+    taken = list(session.scalars(statement, execution_options=_NO_SYNC))
+    session.commit()
+    if not taken:
+        return []
+    rows = session.scalars(
+        select(Operation).where(Operation.id.in_(taken)).order_by(Operation.created_at)
+    )
+    return list(rows)
 
 
 def batch_members(session: Session, batch_id: str) -> list[Operation]:
