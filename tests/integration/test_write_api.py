@@ -62,8 +62,8 @@ def test_every_contract_example_is_accepted_with_the_documented_shape(
 def test_sync_create_puts_the_record_in_the_sandbox(tenant: Tenant, sandbox_url: str) -> None:
     email = _email()
     with tenant.client() as client:
-        response = client.post(tenant.write_path(), json={
-            "groupRef": tenant.group_ref, "type": "create", "record": {"email": email}})  # fmt: skip
+        body = {"groupRef": tenant.group_ref, "type": "create", "record": {"email": email}}
+        response = client.post(tenant.write_path(), json=body)
     record_id = response.json()["result"]["recordId"]
     stored = httpx.get(f"{sandbox_url}/crm/v3/objects/contacts/{record_id}",
                        headers={"Authorization": "Bearer x"})  # fmt: skip
@@ -115,8 +115,8 @@ def test_delete_without_deletion_enabled_is_refused_with_a_clear_400(tenant: Ten
 def test_delete_where_enabled_removes_the_record(tenant: Tenant, sandbox_url: str) -> None:
     with tenant.client() as client:
         record_id = _create(client, tenant)
-        response = client.post(tenant.write_path(), json={
-            "groupRef": tenant.group_ref, "type": "delete", "record": {"id": record_id}})  # fmt: skip
+        body = {"groupRef": tenant.group_ref, "type": "delete", "record": {"id": record_id}}
+        response = client.post(tenant.write_path(), json=body)
     assert response.status_code == 200, response.text
     assert response.json()["result"] == {"success": True}
     gone = httpx.get(f"{sandbox_url}/crm/v3/objects/contacts/{record_id}",
@@ -207,6 +207,6 @@ def test_unknown_integration_is_404_problem(tenant: Tenant) -> None:
 
 def test_project_may_be_named_instead_of_id(tenant: Tenant) -> None:
     with tenant.client() as client:
-        response = client.post(tenant.write_path(project=tenant.project_name.upper()), json={
-            "groupRef": tenant.group_ref, "type": "create", "record": {"email": _email()}})  # fmt: skip
+        body = {"groupRef": tenant.group_ref, "type": "create", "record": {"email": _email()}}
+        response = client.post(tenant.write_path(project=tenant.project_name.upper()), json=body)
     assert response.status_code == 200, response.text
