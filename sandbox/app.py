@@ -8,6 +8,8 @@ answers errors, malformed bodies included, in its own shape.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -16,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sandbox import hubspot, opus, salesforce
+from sandbox.faults import FaultConfig, FaultMiddleware
 from sandbox.state import LoggedRequest, SandboxState, iso_now
 
 
@@ -28,6 +31,8 @@ def create_app(state: SandboxState | None = None) -> FastAPI:
     app.include_router(salesforce.create_router(state))
     app.include_router(opus.create_router(state))
     app.include_router(_control_router(state))
+    # Added last, so outermost: the log sees the faults too.
+    app.add_middleware(FaultMiddleware, plan=state.faults)
     app.add_middleware(RequestLogMiddleware, state=state)
 
     async def on_hubspot_error(_request: Request, error: Exception) -> Response:
@@ -80,6 +85,17 @@ def _control_router(state: SandboxState) -> APIRouter:
         state.reset()
         return Response(status_code=204)
 
+    @router.post("/faults", status_code=204)
+    def set_faults(config: FaultConfig) -> Response:
+        """Replace the fault rules (see `sandbox.faults`)."""
+        state.faults.configure(config)
+        return Response(status_code=204)
+
+    @router.delete("/faults", status_code=204)
+    def clear_faults() -> Response:
+        state.faults.clear()
+        return Response(status_code=204)
+
     @router.get("/requests")
     def requests() -> list[dict[str, Any]]:
         """The last 10,000 provider requests: time, method, path, status, input count."""
@@ -105,15 +121,26 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send)
             return
         status_code = 500
+        retry_after: str | None = None
+        body = bytearray()
+
+        async def receive_keeping_body() -> Message:
+            message = await receive()
+            if message["type"] == "http.request" and len(body) < _MAX_BODY_FOR_KEYS:
+                body.extend(message.get("body", b""))
+            return message
 
         async def send_watching_status(message: Message) -> None:
-            nonlocal status_code
+            nonlocal status_code, retry_after
             if message["type"] == "http.response.start":
                 status_code = message["status"]
+                for name, value in message.get("headers", []):
+                    if name.lower() == b"retry-after":
+                        retry_after = value.decode()
             await send(message)
 
         try:
-            await self.app(scope, receive, send_watching_status)
+            await self.app(scope, receive_keeping_body, send_watching_status)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None)
@@ -126,8 +153,42 @@ class RequestLogMiddleware:
                     path=scope["path"],
                     status=status_code,
                     inputs=int(request_state.get("inputs", 0)),
+                    keys=record_keys(bytes(body)),
+                    retry_after=retry_after,
                 ),
             )
+
+
+_MAX_BODY_FOR_KEYS = 4 * 1024 * 1024
+_KEY_FIELDS = frozenset({"email", "Email", "rowKey"})
+
+
+def record_keys(body: bytes) -> tuple[str, ...]:
+    """Short hashes of the identifying values in a request body, in body order."""
+    try:
+        document = json.loads(body) if body else None
+    except ValueError:
+        return ()
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in _KEY_FIELDS and isinstance(value, str):
+                    found.append(key_hash(value))
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(document)
+    return tuple(found)
+
+
+def key_hash(value: str) -> str:
+    """How the request log names a record: a hash, never the value itself."""
+    return hashlib.sha256(value.encode()).hexdigest()[:12]
 
 
 def _describe(error: RequestValidationError) -> str:

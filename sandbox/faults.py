@@ -33,6 +33,11 @@ class FaultRule(BaseModel):
     latency_ms: float = Field(default=0.0, ge=0)
     reject_field: str | None = None
     reject_contains: str | None = None
+    # Records whose field contains the marker fail retryably (a lock, a throttle)
+    # the first `transient_times` times the provider sees them, then go through.
+    transient_field: str | None = None
+    transient_contains: str | None = None
+    transient_times: int = Field(default=1, ge=0)
 
 
 class FaultConfig(BaseModel):
@@ -56,6 +61,7 @@ class FaultPlan:
     rng: random.Random = field(default_factory=random.Random)
     bursts_left: dict[str, int] = field(default_factory=dict)
     injected: dict[str, int] = field(default_factory=dict)
+    transient_seen: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def configure(self, config: FaultConfig) -> None:
@@ -63,6 +69,8 @@ class FaultPlan:
             self.rules = list(config.rules)
             self.rng = random.Random(config.seed)
             self.bursts_left.clear()
+            self.transient_seen.clear()
+            self.injected.clear()
 
     def clear(self) -> None:
         self.configure(FaultConfig())
@@ -100,6 +108,22 @@ class FaultPlan:
             value = record.get(rule.reject_field or "")
             if isinstance(value, str) and rule.reject_contains and rule.reject_contains in value:
                 return f"{rule.reject_field} value {value!r} is rejected by a sandbox fault rule"
+        return None
+
+    def transient_reason(self, record: dict[str, Any]) -> str | None:
+        """Why this record fails retryably this time (a marked record, seen too few times)."""
+        with self.lock:
+            for rule in self.rules:
+                if not (rule.transient_field and rule.transient_contains):
+                    continue
+                value = record.get(rule.transient_field)
+                if not (isinstance(value, str) and rule.transient_contains in value):
+                    continue
+                seen = self.transient_seen.get(value, 0)
+                if seen < rule.transient_times:
+                    self.transient_seen[value] = seen + 1
+                    self.injected["transient_record"] = self.injected.get("transient_record", 0) + 1
+                    return "unable to obtain exclusive access to this record (sandbox fault rule)"
         return None
 
     def _count(self, decision: Decision) -> Decision:

@@ -241,6 +241,7 @@ def _check_batch_size(count: int) -> None:
 
 def _create(state: SandboxState, object_type: str, properties: dict[str, Any]) -> StoredRecord:
     _check_email(properties)
+    _check_faults(state, properties)
     email = _contact_email(object_type, properties)
     emails = state.unique_index(PROVIDER, object_type, "email")
     if email is not None and email in emails:
@@ -261,6 +262,7 @@ def _update(
 ) -> StoredRecord:
     record = _existing(state, object_type, record_id)
     _check_email(properties)
+    _check_faults(state, properties)
     emails = state.unique_index(PROVIDER, object_type, "email")
     new_email = _contact_email(object_type, properties)
     if new_email is not None and emails.get(new_email, record.id) != record.id:
@@ -289,6 +291,13 @@ def _existing(state: SandboxState, object_type: str, record_id: str) -> StoredRe
     if record is None:
         raise HubSpotError(404, "OBJECT_NOT_FOUND", "resource not found")
     return record
+
+
+def _check_faults(state: SandboxState, properties: dict[str, Any]) -> None:
+    """A record a fault rule rejects, refused the way HubSpot refuses invalid values."""
+    reason = state.faults.reject_reason(properties)
+    if reason is not None:
+        raise HubSpotError(400, "VALIDATION_ERROR", f"Property values were not valid: {reason}")
 
 
 def _check_email(properties: dict[str, Any]) -> None:

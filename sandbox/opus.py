@@ -76,7 +76,7 @@ def create_router(state: SandboxState) -> APIRouter:
                 )
             failed = []
             for record in body.data:
-                problem = _problem(record)
+                problem = _problem(record) or state.faults.reject_reason(record)
                 if problem is None:
                     _store(state, body.id, body.conflictOption, record)
                 else:

@@ -106,7 +106,7 @@ def create_router(state: SandboxState) -> APIRouter:
     def create_record(sobject: SObject, body: dict[str, Any], request: Request) -> Any:
         request.state.inputs = 1
         with state.lock:
-            _raise_first(_create_problems(sobject, body))
+            _raise_first(_create_problems(sobject, body) + _fault_problems(state, body))
             record = _create(state, sobject, _fields(body))
             return {"id": record.id, "success": True, "errors": []}
 
@@ -122,7 +122,7 @@ def create_router(state: SandboxState) -> APIRouter:
         request.state.inputs = 1
         with state.lock:
             _existing(state, sobject, record_id)
-            _raise_first(_field_problems(sobject, _fields(body)))
+            _raise_first(_field_problems(sobject, _fields(body)) + _fault_problems(state, body))
             _update(state, sobject, record_id, _fields(body))
         return Response(status_code=204)
 
@@ -194,7 +194,8 @@ def _check(state: SandboxState, record: dict[str, Any], *, update: bool) -> _Che
         if not isinstance(sobject, str) or not sobject:
             problem = SalesforceError(400, "INVALID_TYPE", "Must send a concrete entity type.")
             return _Checked(None, None, [problem])
-        return _Checked(None, sobject, _create_problems(sobject, record))
+        problems = _create_problems(sobject, record) + _fault_problems(state, record)
+        return _Checked(None, sobject, problems)
     record_id = record.get("id", record.get("Id"))
     if not isinstance(record_id, str) or not record_id:
         problem = SalesforceError(400, "MISSING_ARGUMENT", "Id not specified in an update call")
@@ -206,7 +207,19 @@ def _check(state: SandboxState, record: dict[str, Any], *, update: bool) -> _Che
         _existing(state, sobject or "", record_id)
     except SalesforceError as error:
         return _Checked(record_id, sobject, [error])
-    return _Checked(record_id, sobject, _field_problems(sobject or "", _fields(record)))
+    problems = _field_problems(sobject or "", _fields(record)) + _fault_problems(state, record)
+    return _Checked(record_id, sobject, problems)
+
+
+def _fault_problems(state: SandboxState, record: dict[str, Any]) -> list[SalesforceError]:
+    """What the fault rules make Salesforce say of a record: a validation rule, or a lock."""
+    reason = state.faults.reject_reason(record)
+    if reason is not None:
+        return [SalesforceError(400, "FIELD_CUSTOM_VALIDATION_EXCEPTION", reason)]
+    transient = state.faults.transient_reason(record)
+    if transient is not None:
+        return [SalesforceError(400, "UNABLE_TO_LOCK_ROW", transient)]
+    return []
 
 
 def _failed_save(problems: list[SalesforceError], record_id: str | None) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sandbox.faults import FaultPlan
+
 # Enough to look at a benchmark's recent traffic without growing without bound.
 MAX_LOGGED_REQUESTS = 10_000
 
@@ -35,13 +37,19 @@ class StoredRecord:
 
 @dataclass(frozen=True, slots=True)
 class LoggedRequest:
-    """What the request log keeps of one call: ids and counts, never record bodies."""
+    """What the request log keeps of one call: ids and counts, never record bodies.
+
+    `keys` are short hashes of the records' identifying values (email, rowKey),
+    so a test can follow one record across attempts without the log holding it.
+    """
 
     at: str
     method: str
     path: str
     status: int
     inputs: int
+    keys: tuple[str, ...] = ()
+    retry_after: str | None = None
 
 
 @dataclass(slots=True)
@@ -63,6 +71,7 @@ class SandboxState:
     requests: deque[LoggedRequest] = field(
         default_factory=lambda: deque(maxlen=MAX_LOGGED_REQUESTS)
     )
+    faults: FaultPlan = field(default_factory=FaultPlan)
     _last_id: int = 0
 
     def objects(self, provider: str, object_name: str) -> dict[str, StoredRecord]:
@@ -101,6 +110,7 @@ class SandboxState:
                 "records_by_object": dict(by_object),
                 "duplicate_creates": self.duplicate_creates,
                 "batch_sizes": list(self.batch_sizes),
+                "faults_injected": dict(self.faults.injected),
             }
 
     def recent_requests(self) -> list[dict[str, Any]]:
@@ -113,6 +123,8 @@ class SandboxState:
                     "path": r.path,
                     "status": r.status,
                     "inputs": r.inputs,
+                    "keys": list(r.keys),
+                    "retry_after": r.retry_after,
                 }
                 for r in self.requests
             ]
@@ -127,3 +139,4 @@ class SandboxState:
             self.duplicate_creates = 0
             self.batch_sizes.clear()
             self.requests.clear()
+        self.faults.clear()

@@ -50,13 +50,16 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def settings(backend: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """Settings for one backend, with a namespace and queue of this session's own."""
+def settings(
+    backend: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
+    """Settings for one backend, with a namespace, queue and database of this session's own."""
     data_dir: Path = tmp_path_factory.mktemp(f"data-{backend}")
-    database_url = None
-    if backend == "postgresql":
-        database_url = os.environ["WRITEJOBS_DATABASE_URL"]
     run = uuid.uuid4().hex[:8]
+    database_url = None
+    schema = f"wjtest_{run}"
+    if backend == "postgresql":
+        database_url = _postgres_schema(os.environ["WRITEJOBS_DATABASE_URL"], schema)
     built = Settings(
         data_dir=data_dir,
         redis_url=redis_url,
@@ -67,7 +70,30 @@ def settings(backend: str, redis_url: str, tmp_path_factory: pytest.TempPathFact
         running_lease_s=30,
     )
     migrate(built)
-    return built
+    yield built
+    if backend == "postgresql":
+        _drop_postgres_schema(os.environ["WRITEJOBS_DATABASE_URL"], schema)
+
+
+def _postgres_schema(url: str, schema: str) -> str:
+    """A fresh schema for this session, and the URL whose connections use it."""
+    import psycopg
+
+    with psycopg.connect(_libpq(url), autocommit=True) as connection:
+        connection.execute(f'CREATE SCHEMA "{schema}"')
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options=-csearch_path%3D{schema}"
+
+
+def _drop_postgres_schema(url: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(_libpq(url), autocommit=True) as connection:
+        connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def _libpq(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
 @pytest.fixture(scope="session")
@@ -101,3 +127,10 @@ def own_sandbox() -> Iterator[str]:
     """A sandbox of the test's own, for asserting on its call counts."""
     with serve_in_thread(create_sandbox()) as url:
         yield url
+
+
+@pytest.fixture()
+def heavy(backend: str) -> None:
+    """Long tests run on one backend: the external database when there is one."""
+    if backend != _backends()[-1]:
+        pytest.skip("long test: runs once, on " + _backends()[-1])

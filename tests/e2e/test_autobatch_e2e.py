@@ -48,15 +48,6 @@ def _stats(sandbox_url: str) -> dict[str, Any]:
 
 
 @pytest.fixture()
-def heavy(backend: str) -> None:
-    """Long tests run on one backend: the external database when there is one."""
-    from tests.conftest import _backends
-
-    if backend != _backends()[-1]:
-        pytest.skip("long test: runs once, on " + _backends()[-1])
-
-
-@pytest.fixture()
 def scaled(settings: Settings) -> Settings:
     """Settings where a policy minute lasts 1.2 s, with fast recovery sweeps."""
     return settings.model_copy(update={

@@ -108,7 +108,8 @@ def test_records_of_different_groups_are_never_in_one_batch(
     with parked.tenant.client() as client:
         record_id = client.post(parked.tenant.write_path(), json={
             "groupRef": parked.tenant.group_ref, "type": "create",
-            "record": {"email": "seed@example.com"}}).json()["result"]["recordId"]  # fmt: skip
+            "record": {"email": f"seed-{uuid.uuid4().hex[:8]}@example.com"}},
+        ).json()["result"]["recordId"]  # fmt: skip
     other = create_tenant(parked.settings, parked.tenant.api_url, "http://127.0.0.1:9")
     kinds = {
         parked.write({"email": "a@example.com"}): "contacts|create|1",
@@ -160,9 +161,12 @@ def test_pending_operations_lost_from_redis_are_buffered_again_from_sql(parked: 
         parked.redis.delete(key)
     batcher = parked.wiring.batcher
     created = as_utc(parked.ops(ids[:1])[0].created_at)
-    assert batcher.rebuffer_orphans(created) == []  # within the grace period: left alone
-    assert sorted(batcher.rebuffer_orphans(utcnow() + timedelta(minutes=5))) == sorted(ids)
+    # within the grace period: left alone
+    assert not set(ids) & set(batcher.rebuffer_orphans(created))
+    # (other tests' leftovers in the shared store may be buffered too: that is the point)
+    assert set(ids) <= set(batcher.rebuffer_orphans(utcnow() + timedelta(minutes=5)))
     # ...and then flushed when due, as if nothing happened
-    [claim] = batcher.flush_due(_later(2)).flushed
+    claims = batcher.flush_due(_later(2)).flushed
+    [claim] = [c for c in claims if set(ids) & set(c.member_ids)]
     assert sorted(claim.member_ids) == sorted(ids)
-    assert batcher.rebuffer_orphans(utcnow() + timedelta(minutes=5)) == []
+    assert not set(ids) & set(batcher.rebuffer_orphans(utcnow() + timedelta(minutes=5)))

@@ -194,4 +194,4 @@ def test_the_request_log_keeps_counts_not_bodies(
     assert logged[0]["method"] == "POST"
     assert logged[0]["path"] == "/crm/v3/objects/contacts/batch/create"
     assert (logged[0]["status"], logged[0]["inputs"]) == (201, 5)
-    assert set(logged[0]) == {"at", "method", "path", "status", "inputs"}
+    assert set(logged[0]) == {"at", "method", "path", "status", "inputs", "keys", "retry_after"}
