@@ -161,6 +161,11 @@ class FaultMiddleware:
         if decision.status is None:
             await self.app(scope, receive, send)
             return
+        # Read the request as a provider would (and so the request log sees its records).
+        more_body = True
+        while more_body:
+            message = await receive()
+            more_body = message.get("more_body", False) and message["type"] == "http.request"
         headers = [(b"content-type", b"application/json")]
         if decision.retry_after_s is not None:
             headers.append((b"retry-after", f"{decision.retry_after_s:g}".encode()))
