@@ -169,8 +169,8 @@ class FaultMiddleware:
         headers = [(b"content-type", b"application/json")]
         if decision.retry_after_s is not None:
             headers.append((b"retry-after", f"{decision.retry_after_s:g}".encode()))
-        message = f"injected fault: HTTP {decision.status}"
-        body = json.dumps({"status": "error", "category": "SANDBOX_FAULT", "message": message})
+        text = f"injected fault: HTTP {decision.status}"
+        body = json.dumps({"status": "error", "category": "SANDBOX_FAULT", "message": text})
         body_bytes = body.encode()
         await send({"type": "http.response.start", "status": decision.status, "headers": headers})
         await send({"type": "http.response.body", "body": body_bytes})

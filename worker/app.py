@@ -41,13 +41,13 @@ def create_celery(settings: Settings) -> Celery:
             client.lpush(keys.samples("claim_to_start_ms"), delay_ms)
             client.ltrim(keys.samples("claim_to_start_ms"), 0, 999)
 
-    @app.task(name=task_names.WRITE_OPERATION)
+    @app.task(name=task_names.WRITE_OPERATION)  # type: ignore[untyped-decorator]
     def write_operation(operation_id: str) -> str | None:
         """Write one asynchronous operation (single record or explicit batch)."""
         state = run_operation(operation_id, deps)
         return state.value if state is not None else None
 
-    @app.task(name=task_names.WRITE_BATCH)
+    @app.task(name=task_names.WRITE_BATCH)  # type: ignore[untyped-decorator]
     def write_batch(batch_id: str) -> dict[str, int]:
         """Write one flushed auto-batch; each member operation gets its own result."""
         return run_batch(batch_id, deps, on_start=note_batch_start)

@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import httpx
 import typer
@@ -15,6 +15,11 @@ from rich.console import Console
 from rich.table import Table
 
 from writejobs.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from writejobs.store.tables import Project
 
 console = Console()
 app = typer.Typer(help="writejobs: asynchronous write jobs to your customers' SaaS apps.",
@@ -281,13 +286,13 @@ def create_installation(
         console.print(installation.id)
 
 
-def _sessions():  # type: ignore[no-untyped-def]
+def _sessions() -> Session:
     from writejobs.store.db import create_session_factory, create_store_engine
 
     return create_session_factory(create_store_engine(load_settings()))()
 
 
-def _project(session, id_or_name: str):  # type: ignore[no-untyped-def]
+def _project(session: Session, id_or_name: str) -> Project:
     from writejobs.store import tenants_repo
 
     found = tenants_repo.find_project(session, id_or_name)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Literal, cast
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,7 +23,13 @@ from writejobs.errors import ProviderError
 from writejobs.failpoints import no_failpoint
 from writejobs.operations import State
 from writejobs.outcomes import Attempt, indices_to_try, settle
-from writejobs.providers.base import ProviderAdapter, RecordResult, WriteItem, WriteOptions
+from writejobs.providers.base import (
+    ProviderAdapter,
+    RecordResult,
+    WriteItem,
+    WriteOptions,
+    WriteType,
+)
 from writejobs.settings import Settings
 from writejobs.store import operations_repo, tenants_repo
 from writejobs.store.tables import Installation, Operation
@@ -78,13 +85,12 @@ def attempt_write(
     try:
         with deps.open_adapter(installation, deps.settings) as adapter:
             if single:
-                result = adapter.write_one(object_name, write_type, items[indices[0]], options)  # type: ignore[arg-type]
+                one_type = cast(WriteType, write_type)
+                result = adapter.write_one(object_name, one_type, items[indices[0]], options)
                 return Attempt({indices[0]: result}, [])
+            batch_type = cast(Literal["create", "update"], write_type)
             outcome = adapter.write_batch(
-                object_name,
-                write_type,
-                [items[i] for i in indices],
-                options,  # type: ignore[arg-type]
+                object_name, batch_type, [items[i] for i in indices], options
             )
             return Attempt(dict(zip(indices, outcome.results, strict=True)), list(outcome.errors),
                            outcome.retry_after_s)  # fmt: skip

@@ -55,7 +55,7 @@ class Dispatch:
     """How accepted asynchronous work leaves the intake (injected: Celery, Redis)."""
 
     send_operation: Callable[[str], None]
-    buffer_operation: Callable[[Operation], None]
+    buffer_operation: Callable[[Operation], object]
     directory: TenantDirectory
 
 

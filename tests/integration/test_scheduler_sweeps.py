@@ -23,10 +23,11 @@ def test_a_queued_operation_whose_task_was_lost_is_sent_again(parked: Parked) ->
     op_id = _async_write(parked)
     parked.redis.delete(parked.settings.celery_queue)  # the broker lost the task
     scheduler = Scheduler(parked.settings, parked.wiring)
-    assert scheduler.tick(utcnow()).requeued == []  # not stalled yet
+    assert op_id not in scheduler.tick(utcnow()).requeued  # not stalled yet
     later = utcnow() + timedelta(seconds=parked.settings.stalled_after_s + 1)
-    assert scheduler.tick(later).requeued == [op_id]
-    assert parked.sent() == [(task_names.WRITE_OPERATION, [op_id])]
+    # (other tests' leftovers in the shared store may be sent too: that is the point)
+    assert op_id in scheduler.tick(later).requeued
+    assert (task_names.WRITE_OPERATION, [op_id]) in parked.sent()
 
 
 def test_the_watchdog_expires_what_outlived_its_deadline_and_says_why(parked: Parked) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from writejobs.clock import as_utc, iso
@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 # SQLite hands datetimes back without a zone, so the comparison would raise.
 # Callers refresh the objects they keep using.
 _NO_SYNC = {"synchronize_session": False}
+_OPERATIONS: Table = Operation.__table__  # type: ignore[assignment]
+_LOGS: Table = OperationLog.__table__  # type: ignore[assignment]
 
 
 def insert_operation(session: Session, operation: Operation) -> None:
@@ -30,7 +32,7 @@ def insert_operation(session: Session, operation: Operation) -> None:
     row = {c.key: getattr(operation, c.key) for c in Operation.__table__.columns}
     # Unset attributes are left out, so the columns' own defaults apply.
     row = {key: value for key, value in row.items() if value is not None}
-    session.execute(insert(Operation.__table__), [row])
+    session.execute(insert(_OPERATIONS), [row])
 
 
 def get_operation(session: Session, operation_id: str) -> Operation | None:
@@ -64,7 +66,7 @@ def transition(
     """
     allowed = ALLOWED_FROM[to]
     plain = [s.value for s in allowed if to is not State.RUNNING or s is State.QUEUED]
-    condition = Operation.state.in_(plain)
+    condition: ColumnElement[bool] = Operation.state.in_(plain)
     if to is State.RUNNING:
         # A wait is honoured even against a stray early delivery of the task...
         due = and_(Operation.state == State.RETRYING.value, Operation.next_attempt_at <= now)
@@ -76,7 +78,7 @@ def transition(
         assert lease_s is not None, "entering running needs a lease"
         values["lease_expires_at"] = now + timedelta(seconds=lease_s)
     statement = update(Operation).where(Operation.id == operation_id, condition).values(**values)
-    moved = session.execute(statement, execution_options=_NO_SYNC).rowcount == 1  # type: ignore[attr-defined]
+    moved: bool = session.execute(statement, execution_options=_NO_SYNC).rowcount == 1  # type: ignore[attr-defined]
     if commit:
         session.commit()
     if not moved:
@@ -103,7 +105,7 @@ def add_log(
         "error": error,
         "details": {k: str(v) for k, v in (details or {}).items()},
     }
-    session.execute(insert(OperationLog.__table__), [row])
+    session.execute(insert(_LOGS), [row])
 
 
 def add_logs(session: Session, rows: list[dict[str, Any]]) -> None:
@@ -112,7 +114,7 @@ def add_logs(session: Session, rows: list[dict[str, Any]]) -> None:
         filled = [{"severity": "INFO", "error": None, "details": {}, **row} for row in rows]
         for row in filled:
             row["details"] = {k: str(v) for k, v in row["details"].items()}
-        session.execute(insert(OperationLog.__table__), filled)
+        session.execute(insert(_LOGS), filled)
 
 
 def list_logs(session: Session, operation_id: str) -> list[OperationLog]:
