@@ -25,6 +25,7 @@ import redis
 from writejobs.autobatch import AutoBatcher
 from writejobs.embedded_redis import EmbeddedRedis
 from writejobs.redis_keys import Keys
+from writejobs.secrets import cipher_for
 from writejobs.settings import Settings
 from writejobs.store import operations_repo, tenants_repo
 from writejobs.store.db import create_session_factory, create_store_engine
@@ -86,8 +87,14 @@ def make_tenant(sessions: object) -> None:
         project = tenants_repo.create_project(session, f"bench-{uuid.uuid4().hex[:6]}", now=now)
         integration = tenants_repo.create_integration(session, project.id, "crm", "hubspot",
                                                       now=now)  # fmt: skip
-        installation = tenants_repo.create_installation(session, integration, "g", "http://x",
-                                                        now=now)  # fmt: skip
+        installation = tenants_repo.create_installation(
+            session,
+            integration,
+            "g",
+            "http://x",
+            now=now,
+            cipher=_store["cipher"],  # type: ignore[arg-type]
+        )
         session.commit()
         session.expunge(installation)
     _store.update(sessions=sessions, installation=installation)
@@ -128,6 +135,7 @@ def main() -> None:
     settings = Settings(data_dir=workdir, redis_url=url)
     migrate(settings)
     sessions = create_session_factory(create_store_engine(settings))
+    _store["cipher"] = cipher_for(settings)
     make_tenant(sessions)
     client = redis.Redis.from_url(url)
     rows = []

@@ -1,7 +1,8 @@
 """The sandbox app: local stand-ins for the providers writejobs writes to.
 
 One FastAPI app holds a router per provider (HubSpot, Salesforce, AvePoint Opus)
-over one shared `SandboxState`, plus `/_sandbox/*` routes that tests and
+over one shared `SandboxState`, an OAuth2 token endpoint (`sandbox.oauth`) whose
+ended tokens every provider refuses, plus `/_sandbox/*` routes that tests and
 benchmarks use to read what the providers saw and to reset them. Each provider
 answers errors, malformed bodies included, in its own shape.
 """
@@ -17,7 +18,7 @@ from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sandbox import hubspot, opus, salesforce
+from sandbox import hubspot, oauth, opus, salesforce
 from sandbox.faults import FaultConfig, FaultMiddleware
 from sandbox.state import LoggedRequest, SandboxState, iso_now
 
@@ -25,12 +26,16 @@ from sandbox.state import LoggedRequest, SandboxState, iso_now
 def create_app(state: SandboxState | None = None) -> FastAPI:
     """A sandbox app over `state` (a fresh one unless a test wants to hold it)."""
     state = state or SandboxState()
+    issuer = oauth.TokenIssuer()
     app = FastAPI(title="writejobs provider sandbox", openapi_url=None)
     app.state.sandbox = state
+    app.state.oauth = issuer
     app.include_router(hubspot.create_router(state))
     app.include_router(salesforce.create_router(state))
     app.include_router(opus.create_router(state))
-    app.include_router(_control_router(state))
+    app.include_router(oauth.create_router(issuer))
+    app.include_router(_control_router(state, issuer))
+    _refuse_ended_tokens(app, issuer)
     # Added last, so outermost: the log sees the faults too.
     app.add_middleware(FaultMiddleware, plan=state.faults)
     app.add_middleware(RequestLogMiddleware, state=state)
@@ -71,7 +76,27 @@ def create_app(state: SandboxState | None = None) -> FastAPI:
     return app
 
 
-def _control_router(state: SandboxState) -> APIRouter:
+def _refuse_ended_tokens(app: FastAPI, issuer: oauth.TokenIssuer) -> None:
+    """Each provider's bearer check, extended to refuse the tokens `/oauth/token` ended,
+    with that provider's own 401 (what its API answers for an expired token)."""
+    app.dependency_overrides[hubspot.require_bearer] = oauth.bearer_guard(
+        issuer,
+        hubspot.require_bearer,
+        lambda: hubspot.HubSpotError(
+            401, "EXPIRED_AUTHENTICATION", "The OAuth token used to make this call expired."
+        ),
+    )
+    app.dependency_overrides[salesforce.require_session] = oauth.bearer_guard(
+        issuer,
+        salesforce.require_session,
+        lambda: salesforce.SalesforceError(401, "INVALID_SESSION_ID", "Session expired or invalid"),
+    )
+    app.dependency_overrides[opus.require_bearer] = oauth.bearer_guard(
+        issuer, opus.require_bearer, lambda: opus.OpusError(401, "Unauthorized")
+    )
+
+
+def _control_router(state: SandboxState, issuer: oauth.TokenIssuer) -> APIRouter:
     router = APIRouter(prefix="/_sandbox")
 
     @router.get("/stats")
@@ -81,8 +106,9 @@ def _control_router(state: SandboxState) -> APIRouter:
 
     @router.post("/reset", status_code=204)
     def reset() -> Response:
-        """Forget every record and counter."""
+        """Forget every record and counter, and every token `/oauth/token` issued."""
         state.reset()
+        issuer.reset()
         return Response(status_code=204)
 
     @router.post("/faults", status_code=204)

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from writejobs.clock import utcnow
+from writejobs.providers.oauth import bearer_credentials
+from writejobs.secrets import cipher_for
 from writejobs.settings import Settings
 from writejobs.store import tenants_repo
 from writejobs.store.db import create_session_factory, create_store_engine
@@ -47,7 +49,8 @@ def ensure_demo(
         if installation is None:
             installation = tenants_repo.create_installation(
                 session, integration, DEMO_GROUP_REF, sandbox_url, now=now,
-                credentials={"access_token": "sandbox-token"}, deletable_objects=[DEMO_OBJECT],
+                cipher=cipher_for(settings), credentials=bearer_credentials("sandbox-token"),
+                deletable_objects=[DEMO_OBJECT],
             )  # fmt: skip
         # The sandbox may listen elsewhere this time; keep the installation pointed at it.
         installation.base_url = sandbox_url.rstrip("/")

@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 from types import FrameType
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
@@ -264,14 +264,26 @@ def create_installation(
     group_ref: str,
     base_url: Annotated[str, typer.Option(help="The provider's API root.")],
     token: Annotated[str, typer.Option(help="Bearer token for the provider.")] = "",
+    client_id: Annotated[str, typer.Option(help="OAuth2 client id.")] = "",
+    client_secret: Annotated[str, typer.Option(help="OAuth2 client secret.")] = "",
+    token_url: Annotated[str, typer.Option(help="OAuth2 token endpoint.")] = "",
+    refresh_token: Annotated[
+        str, typer.Option(help="OAuth2 refresh token; without it, the client-credentials grant.")
+    ] = "",
     deletable: Annotated[
         list[str] | None, typer.Option(help="Objects that may be deleted.")
     ] = None,
 ) -> None:
-    """Create an installation: a customer's (groupRef's) instance of an integration."""
+    """Create an installation: a customer's (groupRef's) instance of an integration.
+
+    Credentials are a bearer `--token`, or OAuth2 (`--token-url`, `--client-id`,
+    `--client-secret`, and `--refresh-token` for the refresh-token grant); they
+    are stored encrypted and never printed."""
     from writejobs.clock import utcnow
+    from writejobs.secrets import cipher_for
     from writejobs.store import tenants_repo
 
+    credentials = _credentials(token, client_id, client_secret, token_url, refresh_token)
     with _sessions() as session:
         found = _project(session, project)
         integ = tenants_repo.find_integration(session, found.id, integration)
@@ -279,11 +291,33 @@ def create_installation(
             raise typer.BadParameter(f"integration {integration!r} not found")
         installation = tenants_repo.create_installation(
             session, integ, group_ref, base_url, now=utcnow(),
-            credentials={"access_token": token} if token else {},
+            cipher=cipher_for(load_settings()), credentials=credentials,
             deletable_objects=list(deletable or []),
         )  # fmt: skip
         session.commit()
         console.print(installation.id)
+
+
+def _credentials(
+    token: str, client_id: str, client_secret: str, token_url: str, refresh_token: str
+) -> dict[str, Any]:
+    from writejobs.providers.oauth import bearer_credentials, oauth2_credentials
+
+    oauth = {"--client-id": client_id, "--client-secret": client_secret,
+             "--token-url": token_url, "--refresh-token": refresh_token}  # fmt: skip
+    if not any(oauth.values()):
+        return bearer_credentials(token) if token else {}
+    if token:
+        raise typer.BadParameter("give --token (bearer) or the OAuth2 options, not both")
+    missing = [flag for flag, value in oauth.items() if not value and flag != "--refresh-token"]
+    if missing:
+        raise typer.BadParameter(f"OAuth2 credentials need {', '.join(missing)} too")
+    return oauth2_credentials(
+        token_url=token_url,
+        client_id=client_id,
+        client_secret=client_secret,
+        refresh_token=refresh_token or None,
+    )
 
 
 def _sessions() -> Session:

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     watchdog_grace_s: float = Field(default=60.0, gt=0)
     # Crash points for fault tests only (see writejobs/failpoints.py); empty in use.
     failpoints: str = ""
+    # A Fernet key that encrypts installations' credentials at rest; unset, the key
+    # is `<data_dir>/secret.key`, made on first use (see writejobs/secrets.py).
+    secret_key: str | None = Field(default=None, repr=False)
     log_level: str = "INFO"
 
     @cached_property

@@ -62,7 +62,7 @@ class Installation(Base):
     group_ref: Mapped[str] = mapped_column(String(200))
     provider: Mapped[str] = mapped_column(String(50))
     base_url: Mapped[str] = mapped_column(String(500))
-    # JSON of the credentials; encryption at rest arrives with the OAuth work (issue 5).
+    # The credentials JSON as a Fernet token (writejobs/secrets.py); older rows hold plain JSON.
     credentials: Mapped[str] = mapped_column(Text, default="{}")
     deletable_objects: Mapped[list[str]] = mapped_column(JSON, default=list)
     config_id: Mapped[str] = mapped_column(String(36))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from writejobs.secrets import CredentialCipher
 from writejobs.store.tables import ApiKey, Installation, Integration, Project
 
 API_KEY_PREFIX = "wj_"
@@ -97,9 +97,11 @@ def create_installation(
     base_url: str,
     *,
     now: datetime,
+    cipher: CredentialCipher,
     credentials: dict[str, Any] | None = None,
     deletable_objects: list[str] | None = None,
 ) -> Installation:
+    """A new installation; its `credentials` are stored encrypted with `cipher`."""
     installation = Installation(
         id=str(uuid.uuid4()),
         project_id=integration.project_id,
@@ -107,7 +109,7 @@ def create_installation(
         group_ref=group_ref,
         provider=integration.provider,
         base_url=base_url.rstrip("/"),
-        credentials=json.dumps(credentials or {}),
+        credentials=cipher.encrypt(credentials or {}),
         deletable_objects=list(deletable_objects or []),
         config_id=str(uuid.uuid4()),
         created_at=now,
@@ -115,6 +117,18 @@ def create_installation(
     session.add(installation)
     session.flush()
     return installation
+
+
+def update_credentials(
+    session: Session, installation_id: str, credentials: dict[str, Any], cipher: CredentialCipher
+) -> bool:
+    """Replace an installation's credentials (encrypted); False when there is no such row."""
+    installation = session.get(Installation, installation_id)
+    if installation is None:
+        return False
+    installation.credentials = cipher.encrypt(credentials)
+    session.flush()
+    return True
 
 
 def find_installation(session: Session, integration_id: str, group_ref: str) -> Installation | None:
