@@ -126,8 +126,12 @@ def settle(
 def expire(session: Session, op: Operation, reason: str, *, now: datetime) -> bool:
     """End an operation that outlived its deadline (the watchdog's verdict); True if moved."""
     rows: list[dict[str, Any]] = list(op.results or [{"success": False}] * op.record_count)
-    todo = [i for i, row in enumerate(rows) if not row["success"] and row.get("error") is None
-            or row.get("retryable")]  # fmt: skip
+    # Unfinished records: never answered, or failed retryably and waiting.
+    todo = [
+        i
+        for i, row in enumerate(rows)
+        if (not row["success"] and row.get("error") is None) or row.get("retryable")
+    ]
     operations_repo.add_log(session, op.id, reason, now=now, severity="ERROR",
                             details={"state": op.state})  # fmt: skip
     return _expire(session, op, rows, todo, op.last_error, now).state is State.EXPIRED
