@@ -110,13 +110,6 @@ class AutoBatcher:
         self.flush(claim)
         return claim
 
-    def tick(self, now: datetime, *, max_groups: int = 1000) -> TickReport:
-        """One pass: flush due groups, finish unsent claims, re-buffer lost pending rows."""
-        report = self.flush_due(now, max_groups=max_groups)
-        report.resent = self.resend_unsent(now)
-        report.rebuffered = self.rebuffer_orphans(now)
-        return report
-
     def flush_due(self, now: datetime, *, max_groups: int = 1000) -> TickReport:
         """Flush every group whose earliest member is due at `now` (at most 100 per batch)."""
         report = TickReport()

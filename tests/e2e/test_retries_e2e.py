@@ -6,7 +6,6 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,8 +33,8 @@ def _email(tag: str = "r") -> str:
 
 
 @pytest.fixture()
-def fleet(settings: Settings, tmp_path: Any) -> Iterator[Settings]:
-    """An API process, a worker and a scheduler of this test's own, with fast sweeps."""
+def fleet(settings: Settings, tmp_path: Any) -> Settings:
+    """Settings for an API, worker and scheduler of the test's own: own queue, fast sweeps."""
     own = settings.model_copy(
         update={
             "celery_queue": f"retry-{uuid.uuid4().hex[:6]}",
@@ -48,7 +47,7 @@ def fleet(settings: Settings, tmp_path: Any) -> Iterator[Settings]:
             "provider_timeout_s": 5.0,
         }
     )
-    yield own
+    return own
 
 
 def _faults(sandbox_url: str, *rules: dict[str, Any], seed: int = 1) -> None:

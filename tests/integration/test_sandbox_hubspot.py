@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import httpx
 import pytest
 
-from sandbox.app import create_app
-from tests.support.servers import serve_in_thread
+from tests.support.sandbox_client import stats
 from writejobs.errors import PermanentProviderError
 from writejobs.providers.base import WriteItem, WriteOptions
 from writejobs.providers.hubspot import HubSpotAdapter
@@ -19,32 +16,9 @@ PARTIAL = WriteOptions(all_or_none=False)
 BATCH_CREATE = "POST /crm/v3/objects/{objectType}/batch/create"
 
 
-@pytest.fixture(scope="module")
-def sandbox_url() -> Iterator[str]:
-    with serve_in_thread(create_app()) as url:
-        yield url
-
-
-@pytest.fixture
-def sandbox(sandbox_url: str) -> Iterator[httpx.Client]:
-    """A client for the sandbox itself, carrying a token; the sandbox starts each test empty."""
-    with httpx.Client(
-        base_url=sandbox_url, headers={"Authorization": "Bearer sandbox-token"}, timeout=10
-    ) as client:
-        client.post("/_sandbox/reset").raise_for_status()
-        yield client
-
-
 @pytest.fixture
 def adapter(sandbox: httpx.Client) -> HubSpotAdapter:
     return HubSpotAdapter(sandbox)
-
-
-def stats(sandbox: httpx.Client) -> dict[str, Any]:
-    response = sandbox.get("/_sandbox/stats")
-    response.raise_for_status()
-    body: dict[str, Any] = response.json()
-    return body
 
 
 def contacts(count: int) -> list[WriteItem]:
@@ -157,8 +131,8 @@ def test_a_duplicate_contact_create_is_refused_and_counted(
     assert stats(sandbox)["duplicate_creates"] == 1
 
 
-def test_a_missing_bearer_token_is_a_permanent_error(sandbox_url: str) -> None:
-    with httpx.Client(base_url=sandbox_url, timeout=10) as client:
+def test_a_missing_bearer_token_is_a_permanent_error(private_sandbox_url: str) -> None:
+    with httpx.Client(base_url=private_sandbox_url, timeout=10) as client:
         adapter = HubSpotAdapter(client)
 
         with pytest.raises(PermanentProviderError) as raised:

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import httpx
 import pytest
 
-from sandbox.app import create_app
-from tests.support.servers import serve_in_thread
+from tests.support.sandbox_client import stats
 from writejobs.errors import PermanentProviderError
 from writejobs.providers.base import WriteItem, WriteOptions
 from writejobs.providers.salesforce import SalesforceAdapter
@@ -21,32 +17,9 @@ COLLECTIONS = "/services/data/v60.0/composite/sobjects"
 COLLECTION_CREATE = f"POST {COLLECTIONS}"
 
 
-@pytest.fixture(scope="module")
-def sandbox_url() -> Iterator[str]:
-    with serve_in_thread(create_app()) as url:
-        yield url
-
-
-@pytest.fixture
-def sandbox(sandbox_url: str) -> Iterator[httpx.Client]:
-    """A client for the sandbox itself, carrying a token; the sandbox starts each test empty."""
-    with httpx.Client(
-        base_url=sandbox_url, headers={"Authorization": "Bearer sandbox-token"}, timeout=10
-    ) as client:
-        client.post("/_sandbox/reset").raise_for_status()
-        yield client
-
-
 @pytest.fixture
 def adapter(sandbox: httpx.Client) -> SalesforceAdapter:
     return SalesforceAdapter(sandbox)
-
-
-def stats(sandbox: httpx.Client) -> dict[str, Any]:
-    response = sandbox.get("/_sandbox/stats")
-    response.raise_for_status()
-    body: dict[str, Any] = response.json()
-    return body
 
 
 def contacts(count: int, start: int = 0) -> list[WriteItem]:
@@ -238,8 +211,8 @@ def test_a_malformed_collection_body_is_a_json_parser_error(sandbox: httpx.Clien
     assert response.json()[0]["errorCode"] == "JSON_PARSER_ERROR"
 
 
-def test_a_missing_bearer_token_is_a_permanent_error(sandbox_url: str) -> None:
-    with httpx.Client(base_url=sandbox_url, timeout=10) as client:
+def test_a_missing_bearer_token_is_a_permanent_error(private_sandbox_url: str) -> None:
+    with httpx.Client(base_url=private_sandbox_url, timeout=10) as client:
         adapter = SalesforceAdapter(client)
 
         with pytest.raises(PermanentProviderError) as raised:

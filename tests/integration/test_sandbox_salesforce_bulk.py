@@ -12,7 +12,6 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from sandbox.app import create_app
 from tests.support.servers import serve_in_thread
 from writejobs.errors import PermanentProviderError
 from writejobs.providers.salesforce_bulk import JobStatus, SalesforceBulkIngest
@@ -21,22 +20,6 @@ from writejobs.safe_fetch import open_csv_url
 KEY = "External_Id__c"
 BAD_EMAILS = {17: "not-an-email", 5_000: "ada@", 9_998: "two@@example.com"}
 ROWS = 10_000
-
-
-@pytest.fixture(scope="module")
-def sandbox_url() -> Iterator[str]:
-    with serve_in_thread(create_app()) as url:
-        yield url
-
-
-@pytest.fixture
-def sandbox(sandbox_url: str) -> Iterator[httpx.Client]:
-    """A client for the sandbox itself, carrying a token; the sandbox starts each test empty."""
-    with httpx.Client(
-        base_url=sandbox_url, headers={"Authorization": "Bearer sandbox-token"}, timeout=30
-    ) as client:
-        client.post("/_sandbox/reset").raise_for_status()
-        yield client
 
 
 @pytest.fixture
