@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from api_shim import routes_health, routes_operations, routes_write
+from api_shim import routes_bulk, routes_health, routes_operations, routes_write
 from api_shim.problems import install_handlers
 from api_shim.state import AppState
 from writejobs.settings import Settings, load_settings
@@ -23,6 +23,7 @@ def create_app(settings: Settings | None = None, *, wiring: Wiring | None = None
     app.state.writejobs = AppState(deps=wiring.deps, dispatch=wiring.dispatch, redis=wiring.redis)
     install_handlers(app)
     app.include_router(routes_write.router)
+    app.include_router(routes_bulk.router)
     app.include_router(routes_operations.router)
     app.include_router(routes_health.router)
     return app

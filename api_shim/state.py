@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import redis
 
-from writejobs.execute import ExecutionDeps
+from writejobs.deps import ExecutionDeps
 from writejobs.intake import Dispatch
 
 

@@ -18,7 +18,7 @@ from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sandbox import hubspot, oauth, opus, salesforce, salesforce_bulk
+from sandbox import files, hubspot, oauth, opus, salesforce, salesforce_bulk
 from sandbox.faults import FaultConfig, FaultMiddleware
 from sandbox.state import LoggedRequest, SandboxState, iso_now
 
@@ -36,6 +36,7 @@ def create_app(state: SandboxState | None = None) -> FastAPI:
     app.include_router(opus.create_router(state))
     app.include_router(oauth.create_router(issuer))
     app.include_router(_control_router(state, issuer))
+    app.include_router(files.create_router(state))
     _refuse_ended_tokens(app, issuer)
     # Added last, so outermost: the log sees the faults too.
     app.add_middleware(FaultMiddleware, plan=state.faults)

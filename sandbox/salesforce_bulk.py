@@ -1,11 +1,14 @@
 """A local Salesforce Bulk API 2.0 ingest: CSV upsert jobs over the sandbox's sObjects.
 
 `POST …/jobs/ingest` opens a job (`Open`), `PUT …/jobs/ingest/{jobId}/batches`
-takes its one CSV, `PATCH …/jobs/ingest/{jobId}` with `UploadComplete` closes it
-and the next `GET` finds it `JobComplete` (or `Failed`, when the CSV's header was
-unusable); `Aborted` ends it early. `GET …/failedResults/` is the refused rows.
+takes its one CSV, `PATCH …/jobs/ingest/{jobId}` with `UploadComplete` closes it,
+and, as in Salesforce, only then are the rows worked through, in the background
+(`InProgress`), ending `JobComplete` (or `Failed`, when the CSV's header was
+unusable). `Aborted` ends a job early: an upload that was never completed writes
+nothing. `GET …/failedResults/` is the refused rows.
 
-The upload is read line by line as it arrives and each row is upserted at once,
+The upload is spooled to a temporary file as it arrives (memory holds at most
+`SPOOL_IN_MEMORY_BYTES` of it) and read back line by line; each row is upserted,
 by the job's external id field, into the same records the REST routes keep
 (`sandbox.salesforce`), with their checks: a bad `Email` fails its row with
 `INVALID_EMAIL_ADDRESS`, a new record without `LastName` with
@@ -19,12 +22,12 @@ Blank cells leave a field as it was, as in Salesforce.
 from __future__ import annotations
 
 import csv
+import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import IO, Annotated, Any
 
-import anyio.from_thread
-import anyio.to_thread
 from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,6 +47,8 @@ from sandbox.salesforce import (
 from sandbox.state import SandboxState, iso_now
 
 INGEST_PREFIX = f"{DATA_PREFIX}/jobs/ingest"
+SPOOL_IN_MEMORY_BYTES = 4 * 1024 * 1024
+_READ_BYTES = 1024 * 1024
 JobId = Annotated[str, Path(alias="jobId")]
 
 
@@ -75,6 +80,8 @@ class IngestJob:
     line_ending: str
     created_at: str
     state: str = "Open"
+    # The uploaded CSV, until the job has read it.
+    upload: IO[bytes] | None = None
     uploaded: bool = False
     processed: int = 0
     error_message: str | None = None
@@ -155,22 +162,15 @@ def create_router(state: SandboxState) -> APIRouter:
                 )
                 raise SalesforceError(400, "BULK_API_ERROR", message)
             job.uploaded = True
-        body = request.stream()
-
-        async def next_chunk() -> bytes | None:
-            try:
-                return await body.__anext__()
-            except StopAsyncIteration:
-                return None
-
-        def chunks() -> Iterator[bytes]:
-            # The rows are upserted in a worker thread that pulls the body from the loop,
-            # chunk by chunk, so the file is never whole in memory.
-            while (chunk := anyio.from_thread.run(next_chunk)) is not None:
-                yield chunk
-
-        rows = await anyio.to_thread.run_sync(lambda: _ingest(state, job, chunks()))
-        request.state.inputs = rows
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)
+        try:
+            async for chunk in request.stream():
+                spool.write(chunk)
+        except BaseException:
+            spool.close()
+            raise
+        with state.lock:
+            job.upload = spool
         return Response(status_code=201)
 
     @router.patch("/{jobId}")
@@ -179,7 +179,11 @@ def create_router(state: SandboxState) -> APIRouter:
             job = find(job_id)
             if body.state == "UploadComplete" and job.state == "Open":
                 job.state = "UploadComplete"
-            elif body.state == "Aborted" and job.state in ("Open", "UploadComplete"):
+                # Salesforce works through the rows on its own time, after the close.
+                threading.Thread(
+                    target=_process, args=(state, job), name=f"ingest-{job.id}", daemon=True
+                ).start()
+            elif body.state == "Aborted" and job.state in ("Open", "UploadComplete", "InProgress"):
                 job.state = "Aborted"
             else:
                 message = f"Job {job_id} cannot move from {job.state} to {body.state}"
@@ -189,11 +193,7 @@ def create_router(state: SandboxState) -> APIRouter:
     @router.get("/{jobId}")
     def get_job(job_id: JobId) -> Any:
         with state.lock:
-            job = find(job_id)
-            # The rows were upserted during the upload; the first look after close finishes it.
-            if job.state == "UploadComplete":
-                job.state = "Failed" if job.error_message else "JobComplete"
-            return job.as_info()
+            return find(job_id).as_info()
 
     @router.get("/{jobId}/failedResults/")
     def failed_results(job_id: JobId) -> Response:
@@ -205,8 +205,30 @@ def create_router(state: SandboxState) -> APIRouter:
     return router
 
 
+def _process(state: SandboxState, job: IngestJob) -> None:
+    """Read a closed job's CSV and upsert its rows; the job ends `JobComplete` or `Failed`."""
+    with state.lock:
+        if job.state != "UploadComplete":
+            return
+        job.state = "InProgress"
+        spool, job.upload = job.upload, None
+    try:
+        if spool is not None:
+            spool.seek(0)
+            _ingest(state, job, iter(lambda: spool.read(_READ_BYTES), b""))
+    finally:
+        if spool is not None:
+            spool.close()
+        with state.lock:
+            if job.state == "InProgress":
+                job.state = "Failed" if job.error_message else "JobComplete"
+
+
 def _ingest(state: SandboxState, job: IngestJob, chunks: Iterator[bytes]) -> int:
-    """Upsert every row of the CSV in `chunks` into `state`; the number of rows read."""
+    """Upsert every row of the CSV in `chunks` into `state`; the number of rows read.
+
+    Stops at the next row once the job is aborted.
+    """
     reader = csv.reader(_lines(chunks))
     header = [name.strip() for name in next(reader, [])]
     if header:
@@ -215,8 +237,6 @@ def _ingest(state: SandboxState, job: IngestJob, chunks: Iterator[bytes]) -> int
     if problem is not None:
         with state.lock:
             job.error_message = problem
-        for _ in chunks:  # read the rest, so the client is answered after its whole body
-            pass
         return 0
     holders = _ExternalIds(state, job.object_name, job.external_id_field)
     rows = 0
@@ -225,6 +245,8 @@ def _ingest(state: SandboxState, job: IngestJob, chunks: Iterator[bytes]) -> int
             continue
         rows += 1
         with state.lock:
+            if job.state == "Aborted":
+                break
             _upsert_row(state, job, holders, header, values)
     return rows
 

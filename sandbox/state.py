@@ -72,6 +72,9 @@ class SandboxState:
         default_factory=lambda: deque(maxlen=MAX_LOGGED_REQUESTS)
     )
     faults: FaultPlan = field(default_factory=FaultPlan)
+    # The file host's files (`sandbox.files`) and how often each was fetched.
+    files: dict[str, bytes] = field(default_factory=dict)
+    file_fetches: Counter[str] = field(default_factory=Counter)
     _last_id: int = 0
 
     def objects(self, provider: str, object_name: str) -> dict[str, StoredRecord]:
@@ -111,6 +114,7 @@ class SandboxState:
                 "duplicate_creates": self.duplicate_creates,
                 "batch_sizes": list(self.batch_sizes),
                 "faults_injected": dict(self.faults.injected),
+                "file_fetches": dict(self.file_fetches),
             }
 
     def recent_requests(self) -> list[dict[str, Any]]:
@@ -139,4 +143,6 @@ class SandboxState:
             self.duplicate_creates = 0
             self.batch_sizes.clear()
             self.requests.clear()
+            self.files.clear()
+            self.file_fetches.clear()
         self.faults.clear()

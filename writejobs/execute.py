@@ -8,54 +8,28 @@ paths share one truth about outcomes (see `writejobs.outcomes`).
 from __future__ import annotations
 
 import logging
-import random
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import Literal, cast
 
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from writejobs.clock import Clock
 from writejobs.contract import WriteRequest
+from writejobs.deps import ExecutionDeps
 from writejobs.errors import ProviderError
-from writejobs.failpoints import no_failpoint
+from writejobs.execute_bulk import run_bulk_attempt
 from writejobs.operations import State
 from writejobs.outcomes import Attempt, indices_to_try, settle
 from writejobs.providers.base import (
-    ProviderAdapter,
     RecordResult,
     WriteItem,
     WriteOptions,
     WriteType,
 )
-from writejobs.settings import Settings
 from writejobs.store import operations_repo, tenants_repo
 from writejobs.store.tables import Installation, Operation
 
 log = logging.getLogger(__name__)
-
-AdapterOpener = Callable[[Installation, Settings], AbstractContextManager[ProviderAdapter]]
-# schedule_retry(kind, id, at): kind is "op" or "batch" (see writejobs.retry_queue).
-RetryScheduler = Callable[[str, str, datetime], None]
-
-
-def _no_retries(kind: str, target_id: str, at: datetime) -> None:
-    raise RuntimeError(f"no retry queue wired: cannot wait for {kind} {target_id}")
-
-
-@dataclass(frozen=True, slots=True)
-class ExecutionDeps:
-    """What executing a write needs, injected so tests can drive each part."""
-
-    settings: Settings
-    sessions: sessionmaker[Session]
-    open_adapter: AdapterOpener
-    clock: Clock
-    failpoint: Callable[[str], None] = no_failpoint
-    schedule_retry: RetryScheduler = _no_retries
-    rng: random.Random = field(default_factory=random.Random)
 
 
 def write_options(request: WriteRequest) -> WriteOptions:
@@ -134,6 +108,8 @@ def run_operation(operation_id: str, deps: ExecutionDeps) -> State | None:
             return None
         if not start_attempt(session, op, deps, deps.clock()):
             return None
+        if op.shape == "bulk":
+            return run_bulk_attempt(session, op, deps)
         request = WriteRequest.model_validate(op.request)
         indices = indices_to_try(op, all_or_none=request.all_or_none)
         all_items = request_items(request)

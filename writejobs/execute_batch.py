@@ -13,8 +13,8 @@ from collections.abc import Callable
 from datetime import datetime
 
 from writejobs.contract import WriteRequest
+from writejobs.deps import ExecutionDeps
 from writejobs.execute import (
-    ExecutionDeps,
     attempt_write,
     claim_own_duplicates,
     request_items,

@@ -16,9 +16,10 @@ from datetime import timedelta
 from sqlalchemy.orm import Session
 
 from writejobs.contract import WriteRequest
+from writejobs.deps import ExecutionDeps
 from writejobs.directory import TenantDirectory
 from writejobs.errors import ContractError, NotFound, ProviderError, WritejobsError
-from writejobs.execute import ExecutionDeps, attempt_write, request_items, write_options
+from writejobs.execute import attempt_write, request_items, write_options
 from writejobs.operations import State
 from writejobs.outcomes import Attempt, settle
 from writejobs.providers.base import BatchOutcome, RecordResult
@@ -67,17 +68,9 @@ def accept_write(
     Raises `NotFound` for an unknown integration, `ContractError` for a request
     the installation cannot take, and `EnqueueFailed` when the broker is down.
     """
-    integration = dispatch.directory.integration(target.project.id, target.integration_id_or_name)
-    if integration is None:
-        raise NotFound(f"integration {target.integration_id_or_name!r} not found")
-    installation = dispatch.directory.installation(integration.id, request.group_ref)
+    installation = find_installation(target, request.group_ref, dispatch.directory)
     with deps.sessions() as session:
         now = deps.clock()
-        if installation is None:
-            raise ContractError(
-                f"groupRef {request.group_ref!r} has no installation of integration "
-                f"{integration.name!r}"
-            )
         if request.type == "delete" and target.object_name not in installation.deletable_objects:
             raise ContractError(
                 f"deletion is not enabled for object {target.object_name!r} in this installation"
@@ -107,6 +100,22 @@ def accept_write(
             settle(session, op, attempt, now=deps.clock(), may_retry=False, rng=deps.rng)
             raise EnqueueFailed(message) from exc
         return Accepted(op)
+
+
+def find_installation(
+    target: WriteTarget, group_ref: str, directory: TenantDirectory
+) -> Installation:
+    """The installation a write goes to; `NotFound` for an unknown integration,
+    `ContractError` for a groupRef without an installation of it."""
+    integration = directory.integration(target.project.id, target.integration_id_or_name)
+    if integration is None:
+        raise NotFound(f"integration {target.integration_id_or_name!r} not found")
+    installation = directory.installation(integration.id, group_ref)
+    if installation is None:
+        raise ContractError(
+            f"groupRef {group_ref!r} has no installation of integration {integration.name!r}"
+        )
+    return installation
 
 
 def _run_inline(

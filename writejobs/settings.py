@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     stalled_after_s: float = Field(default=300.0, gt=0)
     # The watchdog ends any operation still unfinished this long after its deadline.
     watchdog_grace_s: float = Field(default=60.0, gt=0)
+    # Hosts a bulk write's `recordsURL` may name over plain http and on any address,
+    # comma-separated (the sandbox, in demos and tests); every other URL must be
+    # https:// to a public address (see writejobs/safe_fetch.py).
+    fetch_allowed_http_hosts: str = ""
     # Crash points for fault tests only (see writejobs/failpoints.py); empty in use.
     failpoints: str = ""
     # A Fernet key that encrypts installations' credentials at rest; unset, the key
@@ -66,6 +70,12 @@ class Settings(BaseSettings):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url[len(prefix) :]
         return url
+
+    @property
+    def allowed_http_hosts(self) -> frozenset[str]:
+        """`fetch_allowed_http_hosts` as a set of lower-case host names."""
+        hosts = (h.strip().lower() for h in self.fetch_allowed_http_hosts.split(","))
+        return frozenset(h for h in hosts if h)
 
     @property
     def embedded_redis_socket(self) -> Path:

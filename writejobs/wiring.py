@@ -11,11 +11,11 @@ from writejobs import task_names
 from writejobs.autobatch import AutoBatcher
 from writejobs.celery_config import create_sender
 from writejobs.clock import Clock, utcnow
+from writejobs.deps import ExecutionDeps
 from writejobs.directory import TenantDirectory
-from writejobs.execute import ExecutionDeps
 from writejobs.failpoints import Failpoints
 from writejobs.intake import Dispatch
-from writejobs.providers.connect import open_adapter
+from writejobs.providers.connect import open_adapter, open_bulk_ingest
 from writejobs.redis_keys import Keys
 from writejobs.retry_queue import RetryQueue
 from writejobs.settings import Settings
@@ -52,6 +52,7 @@ def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
         clock=clock,
         failpoint=failpoint,
         schedule_retry=retries.schedule,
+        open_bulk=open_bulk_ingest,
     )
 
     batcher = AutoBatcher(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,11 +44,15 @@ def contacts_csv(rows: int, *, last_name: str = "User") -> Iterator[bytes]:
 def run_job(bulk: SalesforceBulkIngest, chunks: Iterator[bytes]) -> JobStatus:
     job_id = bulk.create_upsert_job("Contact", KEY)
     bulk.upload(job_id, chunks)
-    status = bulk.close(job_id)
-    for _ in range(10):
-        if status.done:
-            break
-        status = bulk.poll(job_id)
+    return wait_done(bulk, bulk.close(job_id))
+
+
+def wait_done(bulk: SalesforceBulkIngest, status: JobStatus, timeout_s: float = 30.0) -> JobStatus:
+    """Poll as a client must: the rows are worked through after the close."""
+    deadline = time.monotonic() + timeout_s
+    while not status.done and time.monotonic() < deadline:
+        time.sleep(0.05)
+        status = bulk.poll(status.job_id)
     return status
 
 
@@ -130,8 +135,7 @@ def test_a_csv_from_an_allowed_url_streams_into_a_bulk_job(
             max_bytes=10 * 1024 * 1024,
         ) as chunks:
             bulk.upload(job_id, chunks)
-    bulk.close(job_id)
-    status = bulk.poll(job_id)
+    status = wait_done(bulk, bulk.close(job_id))
 
     # then every row reached the sandbox
     assert (status.state, status.records_processed, status.records_failed) == (
@@ -140,3 +144,19 @@ def test_a_csv_from_an_allowed_url_streams_into_a_bulk_job(
         1,
     )
     assert stats(sandbox)["records_by_object"] == {"Contact": 1_999}
+
+
+def test_an_upload_aborted_before_its_close_writes_nothing(
+    bulk: SalesforceBulkIngest, sandbox: httpx.Client
+) -> None:
+    # given a job whose whole CSV was uploaded
+    job_id = bulk.create_upsert_job("Contact", KEY)
+    bulk.upload(job_id, contacts_csv(100))
+
+    # when it is aborted instead of closed
+    status = bulk.abort(job_id)
+
+    # then Salesforce never works through it
+    assert status.state == "Aborted"
+    assert bulk.poll(job_id).records_processed == 0
+    assert stats(sandbox)["records_by_object"] == {}

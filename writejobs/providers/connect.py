@@ -28,6 +28,7 @@ from writejobs.errors import RetryableProviderError
 from writejobs.providers.base import ProviderAdapter
 from writejobs.providers.oauth import InstallationAuth
 from writejobs.providers.registry import build_adapter
+from writejobs.providers.salesforce_bulk import SalesforceBulkIngest
 from writejobs.secrets import CredentialsUnreadable, cipher_for
 from writejobs.settings import Settings
 from writejobs.store import tenants_repo
@@ -80,6 +81,14 @@ def open_adapter(installation: Installation, settings: Settings) -> Iterator[Pro
     decrypted with this process's key (the message names `WRITEJOBS_SECRET_KEY`).
     """
     yield build_adapter(installation.provider, _client(installation, settings))
+
+
+@contextmanager
+def open_bulk_ingest(
+    installation: Installation, settings: Settings
+) -> Iterator[SalesforceBulkIngest]:
+    """A Bulk API 2.0 ingest client for a Salesforce installation, over the same client."""
+    yield SalesforceBulkIngest(_client(installation, settings))
 
 
 def _store_sessions(settings: Settings) -> sessionmaker[Session]:

@@ -19,8 +19,7 @@ Salesforce call (`salesforce.classify_failure`).
 from __future__ import annotations
 
 import csv
-import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -130,8 +129,20 @@ class SalesforceBulkIngest:
 
         `sf__Id` is empty for a row that would have been created.
         """
-        response = self._send("GET", f"{_job_path(job_id)}/failedResults/")
-        return [dict(row) for row in csv.DictReader(io.StringIO(response.text))]
+        return list(self.iter_failed_results(job_id))
+
+    def iter_failed_results(self, job_id: str) -> Iterator[dict[str, str]]:
+        """`failed_results`, streamed: a job that refused a million rows is read row by row."""
+        path = f"{_job_path(job_id)}/failedResults/"
+        try:
+            with self._client.stream("GET", path) as response:
+                if not response.is_success:
+                    response.read()
+                    raise classify_failure(response, now=self._clock())
+                for row in csv.DictReader(_text_lines(response.iter_text())):
+                    yield dict(row)
+        except httpx.TransportError as exc:
+            raise transport_failure(exc, provider=PROVIDER, display_name=DISPLAY_NAME) from exc
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One call; a failed one raises the `ProviderError` it stands for."""
@@ -174,3 +185,16 @@ def _count(value: Any) -> int:
 def _job_path(job_id: str) -> str:
     # Quoted so a job id can never reach another path on Salesforce.
     return f"{INGEST_PATH}/{quote(job_id, safe='')}"
+
+
+def _text_lines(pieces: Iterable[str]) -> Iterator[str]:
+    """Lines with their endings kept, so the csv module can rejoin a quoted multi-line value."""
+    pending = ""
+    for piece in pieces:
+        pending += piece
+        lines = pending.splitlines(keepends=True)
+        # The last line may continue in the next piece, unless it ended.
+        pending = lines.pop() if lines and not lines[-1].endswith(("\n", "\r")) else ""
+        yield from lines
+    if pending:
+        yield pending

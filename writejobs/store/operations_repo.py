@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, insert, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from writejobs.clock import as_utc, iso
 from writejobs.operations import ALLOWED_FROM, State
-from writejobs.store.tables import Operation, OperationLog
+from writejobs.store.tables import Operation, OperationLog, OperationPayload
 
 log = logging.getLogger(__name__)
 
@@ -302,3 +302,48 @@ def reassign_batch(session: Session, operation_ids: list[str], batch_id: str, at
         .values(batch_id=batch_id, next_attempt_at=at)
     )
     session.execute(statement, execution_options=_NO_SYNC)
+
+
+def store_payload(session: Session, operation_id: str, content: bytes) -> None:
+    """Keep a bulk write's inline CSV (committed by the caller, with its operation)."""
+    session.execute(insert(OperationPayload), [{"operation_id": operation_id, "content": content}])
+
+
+def load_payload(session: Session, operation_id: str) -> bytes | None:
+    statement = select(OperationPayload.content).where(
+        OperationPayload.operation_id == operation_id
+    )
+    content: bytes | None = session.scalar(statement)
+    return content
+
+
+def delete_payload(session: Session, operation_id: str) -> None:
+    """Drop an ended operation's CSV (committed by the caller)."""
+    session.execute(delete(OperationPayload).where(OperationPayload.operation_id == operation_id))
+
+
+def set_provider_job(session: Session, operation_id: str, job_id: str | None) -> None:
+    """Remember (or forget) the provider job a running bulk operation follows; commits."""
+    statement = (
+        update(Operation)
+        .where(Operation.id == operation_id, Operation.state == State.RUNNING.value)
+        .values(provider_job_id=job_id)
+    )
+    session.execute(statement, execution_options=_NO_SYNC)
+    session.commit()
+
+
+def renew_lease(session: Session, operation_id: str, *, now: datetime, lease_s: float) -> bool:
+    """Extend a running operation's lease while its worker is still on it; commits.
+
+    False when the operation is no longer running (the watchdog ended it), so
+    the worker stops.
+    """
+    statement = (
+        update(Operation)
+        .where(Operation.id == operation_id, Operation.state == State.RUNNING.value)
+        .values(lease_expires_at=now + timedelta(seconds=lease_s))
+    )
+    renewed: bool = session.execute(statement, execution_options=_NO_SYNC).rowcount == 1  # type: ignore[attr-defined]
+    session.commit()
+    return renewed

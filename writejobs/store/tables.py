@@ -10,7 +10,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -86,7 +96,7 @@ class Operation(Base):
     object_name: Mapped[str] = mapped_column(String(200))
     write_type: Mapped[str] = mapped_column(String(10))
     mode: Mapped[str] = mapped_column(String(20))
-    # single | batch | auto_batch
+    # single | batch | auto_batch | bulk
     shape: Mapped[str] = mapped_column(String(20))
     # The request as accepted (records included): needed to perform the write later.
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -109,8 +119,24 @@ class Operation(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     last_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The provider's own job for a bulk write (a Salesforce ingest job id), kept so a
+    # repeated attempt follows the job that is running instead of starting another.
+    provider_job_id: Mapped[str | None] = mapped_column(String(100), default=None)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class OperationPayload(Base):
+    """A bulk write's inline CSV, apart from the operation row that is read on every poll.
+
+    Committed with its operation, so an accepted CSV is as durable as the id the
+    client holds; deleted once the operation ends.
+    """
+
+    __tablename__ = "operation_payloads"
+
+    operation_id: Mapped[str] = mapped_column(ForeignKey("operations.id"), primary_key=True)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class OperationLog(Base):

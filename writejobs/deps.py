@@ -1,0 +1,47 @@
+"""What executing a write needs (`ExecutionDeps`), injected so tests can drive each part."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from writejobs.clock import Clock
+from writejobs.failpoints import no_failpoint
+from writejobs.providers.base import ProviderAdapter
+from writejobs.providers.salesforce_bulk import SalesforceBulkIngest
+from writejobs.settings import Settings
+from writejobs.store.tables import Installation
+
+AdapterOpener = Callable[[Installation, Settings], AbstractContextManager[ProviderAdapter]]
+BulkOpener = Callable[[Installation, Settings], AbstractContextManager[SalesforceBulkIngest]]
+# schedule_retry(kind, id, at): kind is "op" or "batch" (see writejobs.retry_queue).
+RetryScheduler = Callable[[str, str, datetime], None]
+
+
+def _no_retries(kind: str, target_id: str, at: datetime) -> None:
+    raise RuntimeError(f"no retry queue wired: cannot wait for {kind} {target_id}")
+
+
+def _no_bulk(
+    installation: Installation, settings: Settings
+) -> AbstractContextManager[SalesforceBulkIngest]:
+    raise RuntimeError("no bulk ingest wired: cannot run a bulk write")
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionDeps:
+    """What executing a write needs, injected so tests can drive each part."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    open_adapter: AdapterOpener
+    clock: Clock
+    failpoint: Callable[[str], None] = no_failpoint
+    schedule_retry: RetryScheduler = _no_retries
+    open_bulk: BulkOpener = _no_bulk
+    rng: random.Random = field(default_factory=random.Random)

@@ -1,0 +1,126 @@
+"""Accepting a bulk CSV upsert: check where it goes and what it names, record it, queue it.
+
+Like every write, it is an operation row (and, for an inline CSV, the CSV in
+`operation_payloads`) committed before the client hears its id. A `recordsURL`
+is checked here as far as it can be without fetching it: scheme, and the
+addresses its host resolves to. Its redirects, if any, are checked by the worker
+on the way, hop by hop (`writejobs.safe_fetch`).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+
+import httpx
+
+from writejobs.bulk_contract import BulkUpsertRequest
+from writejobs.deps import ExecutionDeps
+from writejobs.errors import ContractError
+from writejobs.intake import Dispatch, EnqueueFailed, WriteTarget, find_installation
+from writejobs.operations import State
+from writejobs.providers.salesforce import PROVIDER as SALESFORCE
+from writejobs.safe_fetch import FetchFailed, UnsafeUrl, check_url
+from writejobs.store import operations_repo
+from writejobs.store.tables import Installation, Operation
+
+log = logging.getLogger(__name__)
+
+# The contract gives a bulk write no retry policy; it gets the asynchronous default.
+DEADLINE_HOURS = 1
+
+
+def accept_bulk_upsert(
+    target: WriteTarget,
+    request: BulkUpsertRequest,
+    csv_content: bytes | None,
+    deps: ExecutionDeps,
+    dispatch: Dispatch,
+) -> Operation:
+    """Commit the operation (and its inline CSV), then send its task; the operation.
+
+    Raises `NotFound` for an unknown integration, `ContractError` for an
+    installation that is not Salesforce or a `recordsURL` we refuse to fetch,
+    and `EnqueueFailed` when the broker is down (the operation is failed then).
+    """
+    installation = find_installation(target, request.group_ref, dispatch.directory)
+    if installation.provider != SALESFORCE:
+        raise ContractError(
+            f"bulk CSV upserts go to Salesforce only; this installation is {installation.provider}"
+        )
+    if request.records_url is not None:
+        refuse_unsafe_url(request.records_url, deps.settings.allowed_http_hosts)
+    op = _new_operation(target, request, installation, deps)
+    with deps.sessions() as session:
+        operations_repo.insert_operation(session, op)
+        if csv_content is not None:
+            operations_repo.store_payload(session, op.id, csv_content)
+        source = "recordsCSV" if csv_content is not None else "recordsURL"
+        details: dict[str, object] = {"mode": "bulk", "type": "upsert", "source": source,
+                                      "primaryKey": request.primary_key}  # fmt: skip
+        if csv_content is not None:
+            details["bytes"] = len(csv_content)
+        operations_repo.add_log(session, op.id, "bulk upsert accepted", now=op.created_at,
+                                details=details)  # fmt: skip
+        session.commit()
+        try:
+            dispatch.send_operation(op.id)
+        except Exception as exc:
+            log.exception("operation %s: could not enqueue", op.id)
+            message = f"could not enqueue the write: {type(exc).__name__}"
+            operations_repo.add_log(session, op.id, message, now=deps.clock(), severity="ERROR")
+            operations_repo.transition(session, op.id, State.FAILED, now=deps.clock(),
+                                       errors=[message], result_summary=message)  # fmt: skip
+            raise EnqueueFailed(message) from exc
+    return op
+
+
+def refuse_unsafe_url(url: str, allowed_http_hosts: frozenset[str]) -> None:
+    """Raise `ContractError` for a `recordsURL` that must never be fetched.
+
+    A host that does not resolve now is let through: DNS may be down for a
+    moment, and the worker checks again (and fails the write) when it fetches.
+    """
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ContractError(f"recordsURL is not a valid URL: {exc}") from None
+    try:
+        check_url(parsed, allowed_http_hosts)
+    except UnsafeUrl as exc:
+        raise ContractError(str(exc)) from None
+    except FetchFailed:
+        pass
+
+
+def _new_operation(
+    target: WriteTarget,
+    request: BulkUpsertRequest,
+    installation: Installation,
+    deps: ExecutionDeps,
+) -> Operation:
+    now = deps.clock()
+    deadline_s = DEADLINE_HOURS * 3600 * deps.settings.policy_time_scale
+    return Operation(
+        id=str(uuid.uuid4()),
+        project_id=target.project.id,
+        integration_id=installation.integration_id,
+        installation_id=installation.id,
+        config_id=installation.config_id,
+        object_name=target.object_name,
+        write_type="upsert",
+        mode="bulk",
+        shape="bulk",
+        request=request.stored(),
+        state=State.QUEUED.value,
+        attempts=0,
+        backoff_failures=0,
+        # Unknown until Salesforce has read the CSV; the job's counters fill these in.
+        record_count=0,
+        success_count=0,
+        failure_count=0,
+        deadline_at=now + timedelta(seconds=deadline_s),
+        created_at=now,
+        updated_at=now,
+    )
