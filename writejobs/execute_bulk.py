@@ -27,15 +27,13 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import httpx
 from sqlalchemy.orm import Session
 
 from writejobs.bulk_contract import MAX_URL_CSV_BYTES, CsvRejected, StoredBulkRequest, checked_csv
 from writejobs.clock import as_utc, iso
 from writejobs.deps import ExecutionDeps
-from writejobs.errors import PermanentProviderError, ProviderError, RetryableProviderError
+from writejobs.errors import PermanentProviderError, ProviderError
 from writejobs.operations import State, outcome_state
-from writejobs.providers.salesforce import PROVIDER
 from writejobs.providers.salesforce_bulk import JobStatus, SalesforceBulkIngest
 from writejobs.retry import next_attempt_at
 from writejobs.safe_fetch import FetchFailed, UnsafeUrl, open_csv_url
@@ -142,12 +140,6 @@ def _start(
             checked = checked_csv(chunks, request.primary_key, source=source)
             ingest.upload(job_id, lease.paced(checked))
             status = ingest.close(job_id)
-        except httpx.StreamConsumed:
-            # The access token was renewed mid-upload: the CSV must be sent again, whole.
-            _abandon(session, op, ingest, job_id)
-            raise RetryableProviderError(
-                "the access token was renewed during the upload", provider=PROVIDER
-            ) from None
         except BaseException:
             _abandon(session, op, ingest, job_id)
             raise

@@ -262,3 +262,27 @@ def test_an_adapter_reports_a_refused_client_as_the_calls_failure(make_client: M
         adapter.write_one("contacts", "create", WriteItem({"email": "a@b.co"}), WriteOptions())
 
     assert raised.value.status_code == 401
+
+
+def test_a_streamed_body_answered_401_is_not_buffered_to_replay_but_retried_by_the_caller(
+    make_client: MakeClient,
+) -> None:
+    valid = CLIENT | {"access_token": "revoked", "expires_at": iso(NOW + timedelta(hours=1))}
+    client, servers, stored = make_client(valid, FakeServers(_granted("at-2")))
+    pulled: list[int] = []
+
+    def csv_chunks() -> Iterator[bytes]:
+        for i in range(3):
+            pulled.append(i)
+            yield b"Id,Name\n1,a\n"
+
+    # a streamed upload is sent once; the renewed token is kept for the caller's next try
+    with pytest.raises(RetryableProviderError, match="upload must be sent again") as raised:
+        client.put("/upload", content=csv_chunks())
+
+    assert raised.value.status_code == 401
+    assert servers.api_tokens == ["revoked"]
+    assert pulled == [0, 1, 2]
+    assert stored[-1]["access_token"] == "at-2"
+    assert client.put("/upload", content=csv_chunks()).status_code == 200
+    assert servers.api_tokens == ["revoked", "at-2"]

@@ -110,8 +110,12 @@ class InstallationAuth(httpx.Auth):
     def sync_auth_flow(
         self, request: httpx.Request
     ) -> Generator[httpx.Request, httpx.Response, None]:
-        # A request answered 401 is sent again, so its body must be replayable.
-        request.read()
+        # A request answered 401 is sent again, so its body must be replayable; but a
+        # streamed body (a bulk CSV upload of up to 150 MiB) is never read into memory
+        # for that: after a 401 its token is renewed and the caller sends it again.
+        streamed = not isinstance(request.stream, httpx.ByteStream)
+        if not streamed:
+            request.read()
         token = self._token_for_call()
         _authorize(request, token)
         response = yield request
@@ -120,6 +124,13 @@ class InstallationAuth(httpx.Auth):
         renewed = self._renew_after(token)
         if renewed is None or renewed == token:
             return
+        if streamed:
+            raise RetryableProviderError(
+                "the access token expired during a streamed upload; it is renewed, and the "
+                "upload must be sent again",
+                provider=self._provider,
+                status_code=401,
+            )
         _authorize(request, renewed)
         yield request
 
