@@ -1,8 +1,9 @@
 """The sandbox app: local stand-ins for the providers writejobs writes to.
 
-One FastAPI app holds a router per provider (HubSpot, Salesforce, AvePoint Opus)
-over one shared `SandboxState`, an OAuth2 token endpoint (`sandbox.oauth`) whose
-ended tokens every provider refuses, plus `/_sandbox/*` routes that tests and
+One FastAPI app holds a router per provider (HubSpot, Salesforce and its Bulk
+API 2.0, AvePoint Opus) over one shared `SandboxState`, an OAuth2 token endpoint
+(`sandbox.oauth`) whose ended tokens every provider refuses, a file host for bulk
+writes' `recordsURL` (`sandbox.files`), plus `/_sandbox/*` routes that tests and
 benchmarks use to read what the providers saw and to reset them. Each provider
 answers errors, malformed bodies included, in its own shape.
 """

@@ -11,17 +11,23 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from writejobs.clock import utcnow
 from writejobs.providers.oauth import bearer_credentials
 from writejobs.secrets import cipher_for
 from writejobs.settings import Settings
 from writejobs.store import tenants_repo
 from writejobs.store.db import create_session_factory, create_store_engine
+from writejobs.store.tables import Installation
 
 DEMO_PROJECT = "demo"
 DEMO_INTEGRATION = "demo-crm"
 DEMO_GROUP_REF = "demo-org"
 DEMO_OBJECT = "contacts"
+# Bulk CSV upserts go to Salesforce only: the demo has a Salesforce integration too.
+DEMO_BULK_INTEGRATION = "demo-salesforce"
+DEMO_BULK_OBJECT = "Contact"
 
 
 def demo_file(settings: Settings) -> Path:
@@ -52,8 +58,12 @@ def ensure_demo(
                 cipher=cipher_for(settings), credentials=bearer_credentials("sandbox-token"),
                 deletable_objects=[DEMO_OBJECT],
             )  # fmt: skip
-        # The sandbox may listen elsewhere this time; keep the installation pointed at it.
+        bulk_installation = _ensure_installation(
+            session, settings, project.id, DEMO_BULK_INTEGRATION, "salesforce", sandbox_url
+        )
+        # The sandbox may listen elsewhere this time; keep the installations pointed at it.
         installation.base_url = sandbox_url.rstrip("/")
+        bulk_installation.base_url = sandbox_url.rstrip("/")
         api_key = previous.get("api_key")
         if api_key is None or tenants_repo.project_for_api_key(session, api_key) is None:
             api_key = tenants_repo.create_api_key(
@@ -70,8 +80,31 @@ def ensure_demo(
         "group_ref": DEMO_GROUP_REF,
         "object": DEMO_OBJECT,
         "installation_id": installation_id,
+        "bulk_integration": DEMO_BULK_INTEGRATION,
+        "bulk_object": DEMO_BULK_OBJECT,
         "sandbox_url": sandbox_url,
         "flower_url": flower_url,
     }
     path.write_text(json.dumps(details, indent=2) + "\n")
     return details
+
+
+def _ensure_installation(
+    session: Session,
+    settings: Settings,
+    project_id: str,
+    integration_name: str,
+    provider: str,
+    sandbox_url: str,
+) -> Installation:
+    now = utcnow()
+    integration = tenants_repo.find_integration(
+        session, project_id, integration_name
+    ) or tenants_repo.create_integration(session, project_id, integration_name, provider, now=now)
+    installation = tenants_repo.find_installation(session, integration.id, DEMO_GROUP_REF)
+    if installation is None:
+        installation = tenants_repo.create_installation(
+            session, integration, DEMO_GROUP_REF, sandbox_url, now=now,
+            cipher=cipher_for(settings), credentials=bearer_credentials("sandbox-token"),
+        )  # fmt: skip
+    return installation

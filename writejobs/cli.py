@@ -64,6 +64,10 @@ def up(
         env["WRITEJOBS_REDIS_URL"] = embedded.url
         console.print(f"[green]embedded Redis[/] on {embedded.url} (AOF in {settings.data_dir})")
     env["WRITEJOBS_DATA_DIR"] = str(settings.data_dir.resolve())
+    if demo and not settings.fetch_allowed_http_hosts:
+        # The demo's bulk upsert fetches its CSV from the sandbox, over plain http.
+        env["WRITEJOBS_FETCH_ALLOWED_HTTP_HOSTS"] = "localhost"
+        console.print("demo: recordsURL may name http://localhost (the sandbox's files)")
     child_settings = Settings(redis_url=env["WRITEJOBS_REDIS_URL"], data_dir=settings.data_dir,
                               database_url=settings.database_url)  # fmt: skip
     supervisor = Supervisor(env=env, log_dir=str(settings.data_dir))
@@ -262,7 +266,13 @@ def create_installation(
     project: str,
     integration: str,
     group_ref: str,
-    base_url: Annotated[str, typer.Option(help="The provider's API root.")],
+    base_url: Annotated[
+        str,
+        typer.Option(
+            help="The provider's API root: HubSpot https://api.hubapi.com, Salesforce the "
+            "org's My Domain URL, AvePoint Opus the records API root ending in /records."
+        ),
+    ],
     token: Annotated[str, typer.Option(help="Bearer token for the provider.")] = "",
     client_id: Annotated[str, typer.Option(help="OAuth2 client id.")] = "",
     client_secret: Annotated[str, typer.Option(help="OAuth2 client secret.")] = "",
@@ -289,6 +299,11 @@ def create_installation(
         integ = tenants_repo.find_integration(session, found.id, integration)
         if integ is None:
             raise typer.BadParameter(f"integration {integration!r} not found")
+        if integ.provider == "opus" and not base_url.rstrip("/").endswith("/records"):
+            # The Opus adapter appends /connector/records; the API root alone 404s every write.
+            raise typer.BadParameter(
+                f"an AvePoint Opus base URL ends in /records (…/records), not {base_url!r}"
+            )
         installation = tenants_repo.create_installation(
             session, integ, group_ref, base_url, now=utcnow(),
             cipher=cipher_for(load_settings()), credentials=credentials,

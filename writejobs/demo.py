@@ -2,8 +2,8 @@
 
 Every step goes over HTTP with the demo API key, exactly as a product team's
 code would: sync writes, async writes, auto-batched records, an invalid
-request. Then it polls the operations until each is terminal and prints what
-happened.
+request, and bulk CSV upserts to Salesforce. Then it polls the operations until
+each is terminal and prints what happened.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def run_demo(details: dict[str, Any], console: Console, stop: threading.Event,
                       timeout=30.0) as client:  # fmt: skip
         steps = _send_workload(client, f"{base}/objects/{details['object']}", details["group_ref"],
                                console, stop)  # fmt: skip
+        steps += _send_bulk(client, details, console)
         ids = [op_id for step in steps for op_id in step.operation_ids]
         views = _follow(client, details["project"], ids, console, stop, timeout_s)
     _print_summary(steps, views, console)
@@ -93,6 +94,33 @@ def _send_workload(
             auto.operation_ids.append(response.json()["operationId"])
     console.print(f"  {auto.name}: HTTP {auto.http_status}")
     steps.append(auto)
+    return steps
+
+
+def _send_bulk(client: httpx.Client, details: dict[str, Any], console: Console) -> list[Step]:
+    """Two bulk CSV upserts to the demo's Salesforce installation: inline, and by URL
+    from the sandbox's file host (allowed over http by `up --demo`)."""
+    path = (f"/v1/projects/{details['project']}/integrations/{details['bulk_integration']}"
+            f"/objects/{details['bulk_object']}:async")  # fmt: skip
+    run = uuid.uuid4().hex[:8]
+    rows = [f"demo-{run}-{i},Demo {i},demo-{run}-{i}@example.com" for i in range(100)]
+    rows[7] = f"demo-{run}-7,Demo 7,not-an-email"
+    inline = "External_Id__c,LastName,Email\n" + "\n".join(rows) + "\n"
+    files = details["sandbox_url"].replace("127.0.0.1", "localhost")
+    sources = {
+        "bulk CSV upsert, inline (100 rows, 1 invalid)": {"recordsCSV": inline},
+        "bulk CSV upsert, recordsURL (10,000 rows, 2 invalid)": {
+            "recordsURL": f"{files}/_sandbox/generated/contacts.csv?rows=10000&invalid=3,4242"
+        },
+    }
+    steps = []
+    for name, source in sources.items():
+        body = {"groupRef": details["group_ref"], "primaryKey": "External_Id__c", **source}
+        response = client.put(path, json=body)
+        note = response.text if response.status_code != 200 else ""
+        op_ids = [response.json()["operationId"]] if response.status_code == 200 else []
+        console.print(f"  {name}: HTTP {response.status_code} {escape(note)}")
+        steps.append(Step(name, response.status_code, op_ids, note))
     return steps
 
 

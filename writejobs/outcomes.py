@@ -134,6 +134,8 @@ def expire(session: Session, op: Operation, reason: str, *, now: datetime) -> bo
     ]
     operations_repo.add_log(session, op.id, reason, now=now, severity="ERROR",
                             details={"state": op.state})  # fmt: skip
+    # A bulk write's CSV is kept only while the write may still run.
+    operations_repo.delete_payload(session, op.id)
     return _expire(session, op, rows, todo, op.last_error, now).state is State.EXPIRED
 
 

@@ -31,7 +31,7 @@ from tests.support.system import REPO_ROOT
 # Printed by `up` once the demo has been followed to its end.
 RUNNING_LINE = "writejobs is running."
 DEMO_KEYS = {"api_url", "api_key", "project", "integration", "group_ref", "object",
-             "sandbox_url", "flower_url"}  # fmt: skip
+             "sandbox_url", "flower_url", "bulk_integration", "bulk_object"}  # fmt: skip
 POLICY_TIME_SCALE = "0.1"
 START_TIMEOUT_S = 50.0
 STOP_TIMEOUT_S = 60.0
@@ -222,6 +222,9 @@ def test_up_demo_finishes_every_operation_and_ctrl_c_leaves_no_process(tmp_path:
         assert sorted(_auto_batches(output)) == [(50, "time"), (100, "size"), (100, "size")], (
             run.diagnostics()
         )
+        # and both bulk CSV upserts reached Salesforce (the sandbox) with their invalid rows
+        assert "Bulk upsert completed (99 succeeded, 1 failed)" in output, run.diagnostics()
+        assert "Bulk upsert completed (9998 succeeded, 2 failed)" in output, run.diagnostics()
         # and the demo's details are where the README says
         details = json.loads((workdir / ".writejobs" / "demo.json").read_text())
         assert DEMO_KEYS <= details.keys()
