@@ -5,7 +5,8 @@ takes its one CSV, `PATCH …/jobs/ingest/{jobId}` with `UploadComplete` closes 
 and, as in Salesforce, only then are the rows worked through, in the background
 (`InProgress`), ending `JobComplete` (or `Failed`, when the CSV's header was
 unusable). `Aborted` ends a job early: an upload that was never completed writes
-nothing. `GET …/failedResults/` is the refused rows.
+nothing. `GET …/failedResults/` is the refused rows, `GET …/successfulResults/`
+the written ones.
 
 The upload is spooled to a temporary file as it arrives (memory holds at most
 `SPOOL_IN_MEMORY_BYTES` of it) and read back line by line; each row is upserted,
@@ -87,6 +88,8 @@ class IngestJob:
     error_message: str | None = None
     # (sf__Id, sf__Error, external id value) of each refused row, in upload order.
     failed: list[tuple[str, str, str]] = field(default_factory=list)
+    # (sf__Id, sf__Created, external id value) of each written row, in upload order.
+    succeeded: list[tuple[str, str, str]] = field(default_factory=list)
 
     def as_info(self) -> dict[str, Any]:
         """The job's JobInfo body, as `GET …/jobs/ingest/{jobId}` answers it."""
@@ -200,7 +203,16 @@ def create_router(state: SandboxState) -> APIRouter:
         with state.lock:
             job = find(job_id)
             rows = list(job.failed)
-        return Response(_failed_csv(job.external_id_field, rows), media_type="text/csv")
+        header = ["sf__Id", "sf__Error", job.external_id_field]
+        return Response(_results_csv(header, rows), media_type="text/csv")
+
+    @router.get("/{jobId}/successfulResults/")
+    def successful_results(job_id: JobId) -> Response:
+        with state.lock:
+            job = find(job_id)
+            rows = list(job.succeeded)
+        header = ["sf__Id", "sf__Created", job.external_id_field]
+        return Response(_results_csv(header, rows), media_type="text/csv")
 
     return router
 
@@ -316,10 +328,12 @@ def _upsert_row(
         return
     if record_id is not None:
         _update(state, job.object_name, record_id, fields)
+        job.succeeded.append((record_id, "false", key))
     else:
         created = _create(state, job.object_name, fields)
         if key_column.lower() != "id":
             holders.remember(key, created.id)
+        job.succeeded.append((created.id, "true", key))
 
 
 class _ExternalIds:
@@ -378,8 +392,8 @@ def _row_error(error: SalesforceError) -> str:
     return f"{error.error_code}:{error.message}:--"
 
 
-def _failed_csv(external_id_field: str, rows: list[tuple[str, str, str]]) -> str:
-    lines = [_csv_line(["sf__Id", "sf__Error", external_id_field])]
+def _results_csv(header: list[str], rows: list[tuple[str, str, str]]) -> str:
+    lines = [_csv_line(header)]
     lines.extend(_csv_line(list(row)) for row in rows)
     return "".join(lines)
 

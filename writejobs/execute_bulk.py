@@ -16,7 +16,8 @@ half-sent CSV is never handed to Salesforce.
 
 The outcome comes from the job's counters; the refused rows (first
 `MAX_ROW_LOGS` of them) become log lines with Salesforce's message and the row's
-`primaryKey` value, which is how the caller finds them in their file.
+`primaryKey` value, which is how the caller finds them in their file; the
+written rows (`successfulResults`) are counted into created and updated.
 """
 
 from __future__ import annotations
@@ -206,6 +207,8 @@ def _finish(
     written = max(0, status.records_processed - failed)
     job = status.job_id
     errors = _log_failed_rows(session, op, ingest, job, request.primary_key, deps) if failed else []
+    if written:
+        _log_written_rows(session, op, ingest, job, deps)
     if status.state == "JobComplete":
         state = outcome_state(written, failed)
         summary = f"[{op.object_name}] Bulk upsert completed ({written} succeeded, {failed} failed)"
@@ -259,6 +262,36 @@ def _log_failed_rows(
                             f"read them from Salesforce job {job_id}'s failedResults"})  # fmt: skip
     operations_repo.add_logs(session, rows)
     return errors
+
+
+def _log_written_rows(
+    session: Session,
+    op: Operation,
+    ingest: SalesforceBulkIngest,
+    job_id: str,
+    deps: ExecutionDeps,
+) -> None:
+    """How many written rows created a record and how many updated one (`successfulResults`).
+
+    Only counted, never kept: the job may have written a million rows. The counters
+    already say how many were written, so a failed read costs this line, not the write.
+    """
+    created = updated = 0
+    try:
+        for row in ingest.iter_successful_results(job_id):
+            if row.get("sf__Created", "").lower() == "true":
+                created += 1
+            else:
+                updated += 1
+    except ProviderError as exc:
+        operations_repo.add_log(
+            session, op.id, "could not read which rows were created", now=deps.clock(),
+            severity="WARNING", error=exc.message,
+        )  # fmt: skip
+        return
+    operations_repo.add_log(session, op.id, f"rows written: {created} created, {updated} updated",
+                            now=deps.clock(), details={"created": created, "updated": updated,
+                                                       "job": job_id})  # fmt: skip
 
 
 def _value_of(row: dict[str, Any], column: str) -> str:

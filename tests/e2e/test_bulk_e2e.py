@@ -74,6 +74,8 @@ def assert_three_of_ten_thousand_failed(tenant: Tenant, op_id: str, sandbox_url:
         assert error.startswith("INVALID_EMAIL_ADDRESS:"), error
         assert f"bad-email-{key.removeprefix('bulk-')}" in error
     assert stats(sandbox_url)["records_by_object"] == {"Contact": 9_997}
+    messages = [e["message"]["msg"] for e in logs(tenant, op_id)]
+    assert "rows written: 9997 created, 0 updated" in messages
 
 
 def test_an_inline_csv_with_3_invalid_rows_of_10000_ends_success_with_9997_written(

@@ -155,6 +155,15 @@ def test_a_provider_outage_waits_for_a_retry_and_the_csv_is_kept_until_the_end(
         assert operations_repo.load_payload(session, op_id) is None
 
 
+def test_a_second_upsert_of_the_same_keys_updates_instead_of_creating(harness: Harness) -> None:
+    first, second = harness.accept(rows=20), harness.accept(rows=20)
+    assert run_operation(first, harness.deps) is State.SUCCEEDED
+    assert run_operation(second, harness.deps) is State.SUCCEEDED
+    assert "rows written: 20 created, 0 updated" in harness.logs(first)
+    assert "rows written: 0 created, 20 updated" in harness.logs(second)
+    assert harness.stats()["records_by_object"] == {"Contact": 20}
+
+
 def test_a_finished_operation_is_not_run_again(harness: Harness) -> None:
     op_id = harness.accept(rows=10)
     assert run_operation(op_id, harness.deps) is State.SUCCEEDED

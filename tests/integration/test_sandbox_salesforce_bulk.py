@@ -95,6 +95,11 @@ def test_a_second_job_updates_the_records_its_external_ids_match(
     assert stats(sandbox)["records_by_object"] == {"Contact": 99}
     failed = bulk.failed_results(second.job_id)
     assert [row[KEY] for row in failed] == ["ext-17"]
+    # and the written rows say so: created the first time, updated the second
+    for status, created in ((first, "true"), (second, "false")):
+        written = list(bulk.iter_successful_results(status.job_id))
+        assert len(written) == 99
+        assert {row["sf__Created"] for row in written} == {created}
 
 
 def test_a_csv_without_the_external_id_column_fails_the_job(

@@ -153,6 +153,24 @@ def test_failed_results_parses_salesforce_csv(make: Any) -> None:
     ]
 
 
+def test_successful_results_stream_with_a_quoted_multi_line_value(make: Any) -> None:
+    # given a successfulResults CSV whose second row has a newline inside quotes
+    body = (
+        '"sf__Id","sf__Created","External_Id__c","Description"\n'
+        '"003A","true","a-1","plain"\n'
+        '"003B","false","a-2","two\nlines"\n'
+    )
+    bulk, fake = make(lambda _r: httpx.Response(200, text=body))
+    # when it is read row by row
+    rows = list(bulk.iter_successful_results(JOB_ID))
+    # then the quoted newline stays inside its value
+    assert fake.requests[0].url.path == f"{INGEST}/{JOB_ID}/successfulResults/"
+    assert [(r["sf__Id"], r["sf__Created"], r["Description"]) for r in rows] == [
+        ("003A", "true", "plain"),
+        ("003B", "false", "two\nlines"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("status", "errors", "expected"),
     [

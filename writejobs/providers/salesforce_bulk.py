@@ -133,7 +133,14 @@ class SalesforceBulkIngest:
 
     def iter_failed_results(self, job_id: str) -> Iterator[dict[str, str]]:
         """`failed_results`, streamed: a job that refused a million rows is read row by row."""
-        path = f"{_job_path(job_id)}/failedResults/"
+        return self._iter_results(f"{_job_path(job_id)}/failedResults/")
+
+    def iter_successful_results(self, job_id: str) -> Iterator[dict[str, str]]:
+        """The rows Salesforce wrote, as `{sf__Id, sf__Created, <the row's columns>}`,
+        streamed; `sf__Created` is "true" for a created record, "false" for an updated one."""
+        return self._iter_results(f"{_job_path(job_id)}/successfulResults/")
+
+    def _iter_results(self, path: str) -> Iterator[dict[str, str]]:
         try:
             with self._client.stream("GET", path) as response:
                 if not response.is_success:
