@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from api_shim import routes_bulk, routes_health, routes_operations, routes_write
+from api_shim import routes_bulk, routes_health, routes_metrics, routes_operations, routes_write
 from api_shim.problems import install_handlers
+from api_shim.routes_metrics import metrics_registry
 from api_shim.state import AppState
 from writejobs.settings import Settings, load_settings
 from writejobs.wiring import Wiring, wire
@@ -20,10 +21,14 @@ def create_app(settings: Settings | None = None, *, wiring: Wiring | None = None
         summary="Asynchronous write jobs to your customers' SaaS apps.",
         version="0.1.0",
     )
-    app.state.writejobs = AppState(deps=wiring.deps, dispatch=wiring.dispatch, redis=wiring.redis)
+    app.state.writejobs = AppState(
+        deps=wiring.deps, dispatch=wiring.dispatch, redis=wiring.redis, metrics=wiring.metrics
+    )
+    app.state.metrics_registry = metrics_registry(wiring, settings)
     install_handlers(app)
     app.include_router(routes_write.router)
     app.include_router(routes_bulk.router)
     app.include_router(routes_operations.router)
     app.include_router(routes_health.router)
+    app.include_router(routes_metrics.router)
     return app

@@ -55,6 +55,7 @@ async def upsert_records_async(
     except EnqueueFailed as exc:
         remedy = "The queue is unavailable; send the write again."
         raise ApiProblem(503, str(exc), retryable=True, remedy=remedy) from exc
+    state.metrics.count("writes_accepted", shape=op.shape)
     return JSONResponse({"operationId": op.id})
 
 

@@ -57,6 +57,7 @@ async def write_records(
     except EnqueueFailed as exc:
         remedy = "The queue is unavailable; send the write again."
         raise ApiProblem(503, str(exc), retryable=True, remedy=remedy) from exc
+    state.metrics.count("writes_accepted", shape=accepted.operation.shape)
     return _answer(accepted, write)
 
 

@@ -1,4 +1,5 @@
-"""What the API's routes share: the execution deps, how work leaves, Redis for health."""
+"""What the API's routes share: the execution deps, how work leaves, Redis for health,
+the fleet's metrics."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import redis
 
 from writejobs.deps import ExecutionDeps
 from writejobs.intake import Dispatch
+from writejobs.metrics import Metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,3 +17,4 @@ class AppState:
     deps: ExecutionDeps
     dispatch: Dispatch
     redis: redis.Redis
+    metrics: Metrics

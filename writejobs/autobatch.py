@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
+from writejobs import metrics
 from writejobs.clock import Clock, as_utc
 from writejobs.failpoints import no_failpoint
 from writejobs.redis_keys import (
@@ -197,8 +198,12 @@ class AutoBatcher:
 
     def _record_flush(self, claim: Claim, now: datetime, moved: int) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hincrby(self.keys.metrics, f"flushes:{claim.reason}", 1)
-        pipe.hincrby(self.keys.metrics, "records_flushed", moved)
+        pipe.hincrby(
+            self.keys.metrics, metrics.field("auto_batch_flushes", {"reason": claim.reason}), 1
+        )
+        pipe.hincrby(self.keys.metrics, metrics.field("auto_batch_records_flushed", {}), moved)
+        for name, amount in metrics.histogram_fields("auto_batch_size", len(claim.member_ids), {}):
+            pipe.hincrbyfloat(self.keys.metrics, name, amount)
         samples = {"batch_size": len(claim.member_ids)}
         if claim.reason == "time":
             earliest_due = self.redis.hget(self.keys.batch(claim.batch_id), "earliest_due")

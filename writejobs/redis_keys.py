@@ -7,7 +7,7 @@ SQL. Keys, under a namespace prefix:
     {ns}:due              zset  group -> its earliest member's due time
     {ns}:batch:{id}       hash  a claimed batch: group, reason, claimed_at, earliest_due, members
     {ns}:unsent           zset  claimed batches whose task is not known to be sent, by claim time
-    {ns}:metrics          hash  counters (flushes by reason, records flushed)
+    {ns}:metrics          hash  the fleet's counters and histograms (writejobs/metrics.py)
     {ns}:metrics:{name}   list  recent samples of a latency, newest first
 
 A group is one provider batch's worth of compatible records: one installation

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import redis
 from celery import Celery
@@ -15,7 +16,9 @@ from writejobs.deps import ExecutionDeps
 from writejobs.directory import TenantDirectory
 from writejobs.failpoints import Failpoints
 from writejobs.intake import Dispatch
+from writejobs.metrics import Metrics
 from writejobs.providers.connect import open_adapter, open_bulk_ingest
+from writejobs.providers.metered import metered
 from writejobs.redis_keys import Keys
 from writejobs.retry_queue import RetryQueue
 from writejobs.settings import Settings
@@ -30,6 +33,7 @@ class Wiring:
     batcher: AutoBatcher
     dispatch: Dispatch
     retries: RetryQueue
+    metrics: Metrics
 
 
 def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
@@ -45,13 +49,19 @@ def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
         sender.send_task(task_names.WRITE_BATCH, args=[batch_id])
 
     retries = RetryQueue(client, keys, send_operation, send_batch)
+    metrics = Metrics(client, keys)
+
+    def schedule_retry(kind: str, target_id: str, at: datetime) -> None:
+        retries.schedule(kind, target_id, at)
+        metrics.count("retries_scheduled", kind=kind)
+
     deps = ExecutionDeps(
         settings=settings,
         sessions=create_session_factory(create_store_engine(settings)),
-        open_adapter=open_adapter,
+        open_adapter=metered(open_adapter, metrics),
         clock=clock,
         failpoint=failpoint,
-        schedule_retry=retries.schedule,
+        schedule_retry=schedule_retry,
         open_bulk=open_bulk_ingest,
     )
 
@@ -62,4 +72,4 @@ def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
     )  # fmt: skip
     directory = TenantDirectory(deps.sessions)
     dispatch = Dispatch(send_operation, batcher.buffer, directory)
-    return Wiring(deps, client, sender, batcher, dispatch, retries)
+    return Wiring(deps, client, sender, batcher, dispatch, retries, metrics)

@@ -1,0 +1,36 @@
+"""`GET /metrics`: the whole fleet's metrics in Prometheus' text format.
+
+Every process records into Redis (`writejobs.metrics`), so scraping any one API
+process gives fleet-wide figures; scrape one, not all, or the sums double.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from writejobs.metrics import FleetCollector
+from writejobs.settings import Settings
+from writejobs.wiring import Wiring
+
+router = APIRouter(tags=["Health"])
+
+
+def metrics_registry(wiring: Wiring, settings: Settings) -> CollectorRegistry:
+    """A registry of this API's own holding only the fleet collector (no process metrics:
+    they would describe this one process, not the fleet)."""
+    registry = CollectorRegistry(auto_describe=False)
+    collector = FleetCollector(
+        wiring.redis, wiring.batcher.keys, wiring.deps.sessions, wiring.retries.key
+    )
+    registry.register(collector)
+    return registry
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    registry: CollectorRegistry = request.app.state.metrics_registry
+    body = await run_in_threadpool(generate_latest, registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,220 @@
+"""Fleet-wide metrics: counters and histograms kept in Redis, rendered for Prometheus.
+
+Metrics are recorded in many processes (API processes, Celery pool children,
+schedulers), most of them forked or short-lived, none with a port of its own.
+So each adds to fields of one Redis hash (`{ns}:metrics`), and any API process's
+`GET /metrics` renders the whole fleet's figures, together with gauges read at
+scrape time: auto-batch groups waiting, claims not yet sent, retry waits, and
+operations not yet finished (plus expired ones) by state, from SQL.
+
+Recording never fails a write: a Redis error is logged and the figure dropped.
+
+Hash fields: `name{k=v,…}` for a counter; `name:bucket:{le}{…}`, `name:sum{…}`
+and `name:count{…}` for a histogram (each bucket counts only its own values; the
+rendering makes them cumulative).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from writejobs.operations import State
+from writejobs.redis_keys import Keys
+from writejobs.store.tables import Operation
+
+log = logging.getLogger(__name__)
+
+PREFIX = "writejobs"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricInfo:
+    kind: str  # "counter" or "histogram"
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+
+
+CATALOG: dict[str, MetricInfo] = {
+    "writes_accepted": MetricInfo(
+        "counter", "Writes the API accepted (an operation was recorded), by shape.", ("shape",)
+    ),
+    "provider_calls": MetricInfo(
+        "counter",
+        "Provider write calls, by provider and outcome (ok, retryable, permanent).",
+        ("provider", "outcome"),
+    ),
+    "provider_call_seconds": MetricInfo(
+        "histogram",
+        "Duration of provider write calls, by provider.",
+        ("provider",),
+        (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    ),  # fmt: skip
+    "retries_scheduled": MetricInfo(
+        "counter", "Waits for a next attempt, by what waits (op or batch).", ("kind",)
+    ),
+    "auto_batch_flushes": MetricInfo(
+        "counter", "Auto-batch groups flushed, by reason (size or time).", ("reason",)
+    ),
+    "auto_batch_records_flushed": MetricInfo("counter", "Auto-batched records flushed."),
+    "auto_batch_size": MetricInfo(
+        "histogram", "Records per flushed auto-batch.", (), (1, 5, 10, 25, 50, 75, 99, 100)
+    ),
+}
+
+# Not finished yet, or finished by running out of time: each a short range of the
+# state index. Succeeded and failed rows, the bulk of the table, are not counted.
+COUNTED_STATES = (State.PENDING, State.QUEUED, State.RUNNING, State.RETRYING, State.EXPIRED)
+
+
+def field(name: str, labels: dict[str, str], part: str = "") -> str:
+    """The hash field of a counter (`part` empty) or of a histogram's `part`."""
+    inner = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    return f"{name}{part}{{{inner}}}"
+
+
+def histogram_fields(name: str, value: float, labels: dict[str, str]) -> list[tuple[str, float]]:
+    """The (field, increment) pairs that record one `value` of histogram `name`."""
+    buckets = CATALOG[name].buckets
+    le = next((b for b in buckets if value <= b), math.inf)
+    return [
+        (field(name, labels, f":bucket:{le:g}"), 1),
+        (field(name, labels, ":sum"), value),
+        (field(name, labels, ":count"), 1),
+    ]
+
+
+class Metrics:
+    """Adds to the fleet's counters and histograms; with no Redis client, does nothing."""
+
+    def __init__(self, client: redis.Redis | None, keys: Keys) -> None:
+        self._client = client
+        self._key = keys.metrics
+
+    def count(self, name: str, n: int = 1, **labels: str) -> None:
+        self._apply([(field(name, labels), n)])
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        self._apply(histogram_fields(name, value, labels))
+
+    def _apply(self, increments: list[tuple[str, float]]) -> None:
+        if self._client is None:
+            return
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for name, amount in increments:
+                if isinstance(amount, int):
+                    pipe.hincrby(self._key, name, amount)
+                else:
+                    pipe.hincrbyfloat(self._key, name, amount)
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("metrics not recorded: %s", type(exc).__name__)
+
+
+NO_METRICS = Metrics(None, Keys())
+
+
+class FleetCollector(Collector):
+    """Renders the Redis hash and the scrape-time gauges as Prometheus metric families."""
+
+    def __init__(
+        self, client: redis.Redis, keys: Keys, sessions: sessionmaker[Session], retry_key: str
+    ) -> None:
+        self._client = client
+        self._keys = keys
+        self._sessions = sessions
+        self._retry_key = retry_key
+
+    def collect(self) -> Iterator[Any]:
+        raw = self._client.hgetall(self._keys.metrics)
+        fields = {_text(k): float(_text(v)) for k, v in raw.items()}
+        for name, info in CATALOG.items():
+            if info.kind == "counter":
+                yield _counter(name, info, fields)
+            else:
+                yield _histogram(name, info, fields)
+        yield from self._gauges()
+
+    def _gauges(self) -> Iterator[GaugeMetricFamily]:
+        pipe = self._client.pipeline(transaction=False)
+        pipe.zcard(self._keys.due)
+        pipe.zcard(self._keys.unsent)
+        pipe.zcard(self._retry_key)
+        waiting, unsent, retries = pipe.execute()
+        for name, help_text, value in (
+            ("auto_batch_groups_waiting", "Auto-batch groups holding records.", waiting),
+            ("auto_batch_unsent_claims", "Flushed auto-batches whose task is not sent yet.",
+             unsent),
+            ("retry_waits", "Operations and batches waiting for their next attempt.", retries),
+        ):  # fmt: skip
+            yield GaugeMetricFamily(f"{PREFIX}_{name}", help_text, value=float(value))
+        states = GaugeMetricFamily(
+            f"{PREFIX}_operations",
+            "Operations not finished yet, and expired ones, by state.",
+            labels=["state"],
+        )
+        counts = dict.fromkeys((s.value for s in COUNTED_STATES), 0)
+        with self._sessions() as session:
+            statement = (
+                select(Operation.state, func.count())
+                .where(Operation.state.in_(list(counts)))
+                .group_by(Operation.state)
+            )
+            for state, n in session.execute(statement):
+                counts[state] = n
+        for state, n in counts.items():
+            states.add_metric([state], float(n))
+        yield states
+
+
+def _counter(name: str, info: MetricInfo, fields: dict[str, float]) -> CounterMetricFamily:
+    family = CounterMetricFamily(f"{PREFIX}_{name}", info.help, labels=list(info.labels))
+    for labels, value in _series(name, "", fields).items():
+        family.add_metric(_values(labels, info.labels), value)
+    return family
+
+
+def _histogram(name: str, info: MetricInfo, fields: dict[str, float]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(f"{PREFIX}_{name}", info.help, labels=list(info.labels))
+    sums = _series(name, ":sum", fields)
+    bounds = [f"{b:g}" for b in info.buckets] + ["inf"]
+    per_bucket = {le: _series(name, f":bucket:{le}", fields) for le in bounds}
+    for labels, total in sums.items():
+        running = 0.0
+        buckets: list[tuple[str, float]] = []
+        for le in bounds:
+            running += per_bucket[le].get(labels, 0.0)
+            buckets.append(("+Inf" if le == "inf" else le, running))
+        family.add_metric(_values(labels, info.labels), buckets, total)
+    return family
+
+
+def _series(name: str, part: str, fields: dict[str, float]) -> dict[str, float]:
+    """Label string -> value, for the fields of `name` + `part`."""
+    prefix = f"{name}{part}{{"
+    found: dict[str, float] = defaultdict(float)
+    for key, value in fields.items():
+        if key.startswith(prefix) and key.endswith("}"):
+            found[key[len(prefix) : -1]] += value
+    return found
+
+
+def _values(labels: str, names: Sequence[str]) -> list[str]:
+    pairs = dict(pair.split("=", 1) for pair in labels.split(",") if pair)
+    return [pairs.get(name, "") for name in names]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
