@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -51,13 +52,19 @@ class Accepted:
     provider_error: ProviderError | None = None
 
 
+# record(operation row, its log rows): durable once it returns (see store.group_commit).
+Recorder = Callable[[dict[str, Any], list[dict[str, Any]]], None]
+
+
 @dataclass(frozen=True, slots=True)
 class Dispatch:
-    """How accepted asynchronous work leaves the intake (injected: Celery, Redis)."""
+    """How accepted asynchronous work is recorded and leaves the intake (injected:
+    the group committer, Celery, Redis). Without a `record`, each write commits alone."""
 
     send_operation: Callable[[str], None]
     buffer_operation: Callable[[Operation], object]
     directory: TenantDirectory
+    record: Recorder | None = None
 
 
 def accept_write(
@@ -69,37 +76,47 @@ def accept_write(
     the installation cannot take, and `EnqueueFailed` when the broker is down.
     """
     installation = find_installation(target, request.group_ref, dispatch.directory)
-    with deps.sessions() as session:
-        now = deps.clock()
-        if request.type == "delete" and target.object_name not in installation.deletable_objects:
-            raise ContractError(
-                f"deletion is not enabled for object {target.object_name!r} in this installation"
-            )
-        op = _new_operation(target, request, installation, deps)
-        operations_repo.insert_operation(session, op)
-        operations_repo.add_log(
-            session, op.id, "write accepted", now=now,
-            details={"mode": request.mode, "type": request.type, "shape": op.shape,
-                     "records": op.record_count},
-        )  # fmt: skip
-        session.commit()
-        if not request.is_async:
+    if request.type == "delete" and target.object_name not in installation.deletable_objects:
+        raise ContractError(
+            f"deletion is not enabled for object {target.object_name!r} in this installation"
+        )
+    op = _new_operation(target, request, installation, deps)
+    accepted = operations_repo.log_row(
+        op.id, "write accepted", now=op.created_at,
+        details={"mode": request.mode, "type": request.type, "shape": op.shape,
+                 "records": op.record_count},
+    )  # fmt: skip
+    if not request.is_async:
+        with deps.sessions() as session:
+            _record_alone(session, op, accepted)
             return _run_inline(session, op, installation, request, deps)
-        try:
-            if op.shape == "auto_batch":
-                dispatch.buffer_operation(op)
-            else:
-                dispatch.send_operation(op.id)
-        except Exception as exc:
-            # The client will hear 503 and send again: this operation must not
-            # also run, so it ends failed here rather than lingering.
-            log.exception("operation %s: could not enqueue", op.id)
-            message = f"could not enqueue the write: {type(exc).__name__}"
-            failed = RecordResult(success=False, error=message)
-            attempt = Attempt(dict.fromkeys(range(op.record_count), failed), [message])
+    if dispatch.record is not None:
+        dispatch.record(operations_repo.operation_row(op), [accepted])
+    else:
+        with deps.sessions() as session:
+            _record_alone(session, op, accepted)
+    try:
+        if op.shape == "auto_batch":
+            dispatch.buffer_operation(op)
+        else:
+            dispatch.send_operation(op.id)
+    except Exception as exc:
+        # The client will hear 503 and send again: this operation must not
+        # also run, so it ends failed here rather than lingering.
+        log.exception("operation %s: could not enqueue", op.id)
+        message = f"could not enqueue the write: {type(exc).__name__}"
+        failed = RecordResult(success=False, error=message)
+        attempt = Attempt(dict.fromkeys(range(op.record_count), failed), [message])
+        with deps.sessions() as session:
             settle(session, op, attempt, now=deps.clock(), may_retry=False, rng=deps.rng)
-            raise EnqueueFailed(message) from exc
-        return Accepted(op)
+        raise EnqueueFailed(message) from exc
+    return Accepted(op)
+
+
+def _record_alone(session: Session, op: Operation, accepted: dict[str, Any]) -> None:
+    operations_repo.insert_operation(session, op)
+    operations_repo.add_logs(session, [accepted])
+    session.commit()
 
 
 def find_installation(

@@ -23,6 +23,7 @@ from writejobs.redis_keys import Keys
 from writejobs.retry_queue import RetryQueue
 from writejobs.settings import Settings
 from writejobs.store.db import create_session_factory, create_store_engine
+from writejobs.store.group_commit import GroupCommitter
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,5 +72,6 @@ def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
         failpoint=failpoint,
     )  # fmt: skip
     directory = TenantDirectory(deps.sessions)
-    dispatch = Dispatch(send_operation, batcher.buffer, directory)
+    committer = GroupCommitter(deps.sessions)
+    dispatch = Dispatch(send_operation, batcher.buffer, directory, committer.commit)
     return Wiring(deps, client, sender, batcher, dispatch, retries, metrics)

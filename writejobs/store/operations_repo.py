@@ -29,10 +29,14 @@ _LOGS: Table = OperationLog.__table__  # type: ignore[assignment]
 def insert_operation(session: Session, operation: Operation) -> None:
     """Insert a new operation with one Core INSERT (the ORM's unit of work costs more
     than the write itself at intake); `operation` stays a detached, readable object."""
+    session.execute(insert(_OPERATIONS), [operation_row(operation)])
+
+
+def operation_row(operation: Operation) -> dict[str, Any]:
+    """A new operation as an INSERT's values. Unset attributes are left out, so the
+    columns' own defaults apply (and a JSON column is SQL NULL, not JSON null)."""
     row = {c.key: getattr(operation, c.key) for c in Operation.__table__.columns}
-    # Unset attributes are left out, so the columns' own defaults apply.
-    row = {key: value for key, value in row.items() if value is not None}
-    session.execute(insert(_OPERATIONS), [row])
+    return {key: value for key, value in row.items() if value is not None}
 
 
 def get_operation(session: Session, operation_id: str) -> Operation | None:
@@ -97,7 +101,21 @@ def add_log(
     details: dict[str, Any] | None = None,
 ) -> None:
     """Append one line to an operation's story (committed by the caller)."""
-    row = {
+    row = log_row(operation_id, msg, now=now, severity=severity, error=error, details=details)
+    session.execute(insert(_LOGS), [row])
+
+
+def log_row(
+    operation_id: str,
+    msg: str,
+    *,
+    now: datetime,
+    severity: str = "INFO",
+    error: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One log line as an INSERT's values."""
+    return {
         "operation_id": operation_id,
         "timestamp": now,
         "severity": severity,
@@ -105,7 +123,6 @@ def add_log(
         "error": error,
         "details": {k: str(v) for k, v in (details or {}).items()},
     }
-    session.execute(insert(_LOGS), [row])
 
 
 def add_logs(session: Session, rows: list[dict[str, Any]]) -> None:

@@ -1,0 +1,109 @@
+"""Group commit against the real store: concurrent writes share transactions, each
+caller returns only once its own rows are committed, and one bad row fails alone."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from tests.support.system import Tenant, create_tenant
+from writejobs.clock import utcnow
+from writejobs.settings import Settings
+from writejobs.store import operations_repo
+from writejobs.store.db import create_session_factory, create_store_engine
+from writejobs.store.group_commit import GroupCommitter
+from writejobs.store.tables import Operation, OperationLog
+
+THREADS = 48
+
+
+@pytest.fixture()
+def committer(settings: Settings) -> Iterator[GroupCommitter]:
+    engine = create_store_engine(settings)
+    yield GroupCommitter(create_session_factory(engine))
+    engine.dispose()
+
+
+@pytest.fixture()
+def owner(settings: Settings) -> Tenant:
+    return create_tenant(settings, "http://api.invalid", "http://sandbox.invalid")
+
+
+def operation(tenant: Tenant, op_id: str | None = None) -> dict[str, Any]:
+    now = utcnow()
+    return {"id": op_id or str(uuid.uuid4()), "project_id": tenant.project_id,
+            "integration_id": tenant.integration_id, "installation_id": tenant.installation_id,
+            "config_id": "c", "object_name": "contacts", "write_type": "create",
+            "mode": "asynchronous", "shape": "single", "request": {}, "state": "queued",
+            "created_at": now, "updated_at": now}  # fmt: skip
+
+
+def run_concurrently(calls: list[Any]) -> list[BaseException | None]:
+    """Start every call at once; what each raised (None if it returned)."""
+    start = threading.Barrier(len(calls))
+    outcomes: list[BaseException | None] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            calls[i]()
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
+def count(settings: Settings, model: type[Any], ids: list[str], column: str) -> int:
+    engine = create_store_engine(settings)
+    try:
+        with create_session_factory(engine)() as session:
+            statement = select(func.count()).where(getattr(model, column).in_(ids))
+            return int(session.scalar(statement) or 0)
+    finally:
+        engine.dispose()
+
+
+def test_concurrent_writes_are_committed_in_fewer_transactions_than_writes(
+    committer: GroupCommitter, owner: Tenant, settings: Settings
+) -> None:
+    rows = [operation(owner) for _ in range(THREADS)]
+    ids = [row["id"] for row in rows]
+
+    def write(row: dict[str, Any]) -> Any:
+        log = operations_repo.log_row(row["id"], "write accepted", now=utcnow())
+        return lambda: committer.commit(row, [log])
+
+    outcomes = run_concurrently([write(row) for row in rows])
+
+    assert outcomes == [None] * THREADS
+    assert count(settings, Operation, ids, "id") == THREADS
+    assert count(settings, OperationLog, ids, "operation_id") == THREADS
+    assert committer.groups_committed < THREADS
+
+
+def test_a_write_that_cannot_be_committed_fails_alone(
+    committer: GroupCommitter, owner: Tenant, settings: Settings
+) -> None:
+    # given an operation already stored under an id a later write reuses
+    taken = operation(owner)
+    committer.commit(taken, [])
+    rows = [operation(owner) for _ in range(19)] + [operation(owner, taken["id"])]
+
+    outcomes = run_concurrently([lambda row=row: committer.commit(row, []) for row in rows])
+
+    # then only the duplicate failed, and every other write is stored
+    assert all(outcome is None for outcome in outcomes[:-1])
+    assert isinstance(outcomes[-1], IntegrityError)
+    fresh = [row["id"] for row in rows[:-1]]
+    assert count(settings, Operation, fresh, "id") == 19
