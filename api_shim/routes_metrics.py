@@ -23,8 +23,9 @@ def metrics_registry(wiring: Wiring, settings: Settings) -> CollectorRegistry:
     they would describe this one process, not the fleet)."""
     registry = CollectorRegistry(auto_describe=False)
     collector = FleetCollector(
-        wiring.redis, wiring.batcher.keys, wiring.deps.sessions, wiring.retries.key
-    )
+        wiring.redis, wiring.batcher.keys, wiring.deps.sessions, wiring.retries.key,
+        local=wiring.metrics,
+    )  # fmt: skip
     registry.register(collector)
     return registry
 

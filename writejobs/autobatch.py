@@ -203,7 +203,8 @@ class AutoBatcher:
         )
         pipe.hincrby(self.keys.metrics, metrics.field("auto_batch_records_flushed", {}), moved)
         for name, amount in metrics.histogram_fields("auto_batch_size", len(claim.member_ids), {}):
-            pipe.hincrbyfloat(self.keys.metrics, name, amount)
+            # Whole numbers (a batch size), so even the sum stays an integer field.
+            pipe.hincrby(self.keys.metrics, name, int(amount))
         samples = {"batch_size": len(claim.member_ids)}
         if claim.reason == "time":
             earliest_due = self.redis.hget(self.keys.batch(claim.batch_id), "earliest_due")

@@ -24,7 +24,10 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "result_serializer": "json",
         "task_ignore_result": True,
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Flower learns of a task when a worker receives it. A `task-sent` event
+        # from the API as well was a second Redis publish on every accepted write
+        # (~12% of an asynchronous intake's time, measured with py-spy).
+        "task_send_sent_event": False,
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
         "broker_transport_options": {

@@ -7,7 +7,10 @@ So each adds to fields of one Redis hash (`{ns}:metrics`), and any API process's
 scrape time: auto-batch groups waiting, claims not yet sent, retry waits, and
 operations not yet finished (plus expired ones) by state, from SQL.
 
-Recording never fails a write: a Redis error is logged and the figure dropped.
+Recording costs a request no Redis round trip: increments are summed in memory
+and sent at most every second by a thread of each process (and at exit), so a
+crash loses at most that second's figures. It never fails a write: a Redis error
+is logged and the figures dropped.
 
 Hash fields: `name{k=v,…}` for a counter; `name:bucket:{le}{…}`, `name:sum{…}`
 and `name:count{…}` for a histogram (each bucket counts only its own values; the
@@ -16,8 +19,12 @@ rendering makes them cumulative).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
+import os
+import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -98,29 +105,61 @@ def histogram_fields(name: str, value: float, labels: dict[str, str]) -> list[tu
 class Metrics:
     """Adds to the fleet's counters and histograms; with no Redis client, does nothing."""
 
-    def __init__(self, client: redis.Redis | None, keys: Keys) -> None:
+    def __init__(self, client: redis.Redis | None, keys: Keys, flush_s: float = 1.0) -> None:
         self._client = client
         self._key = keys.metrics
+        self._flush_s = flush_s
+        self._lock = threading.Lock()
+        self._pending: dict[str, float] = {}
+        self._flusher_pid: int | None = None
+        # A forked child (a Celery pool process) starts empty, with a lock no parent
+        # thread can be holding, and its own flusher: the parent sends its own sums.
+        os.register_at_fork(after_in_child=self._forget_parent)
 
     def count(self, name: str, n: int = 1, **labels: str) -> None:
-        self._apply([(field(name, labels), n)])
+        self._add([(field(name, labels), n)])
 
     def observe(self, name: str, value: float, **labels: str) -> None:
-        self._apply(histogram_fields(name, value, labels))
+        self._add(histogram_fields(name, value, labels))
 
-    def _apply(self, increments: list[tuple[str, float]]) -> None:
-        if self._client is None:
+    def flush(self) -> None:
+        """Send the sums so far to Redis now (a scrape does, before reading)."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if not pending or self._client is None:
             return
         try:
             pipe = self._client.pipeline(transaction=False)
-            for name, amount in increments:
-                if isinstance(amount, int):
-                    pipe.hincrby(self._key, name, amount)
-                else:
+            for name, amount in pending.items():
+                # A histogram's sum is a float; every other field counts whole events.
+                if ":sum{" in name:
                     pipe.hincrbyfloat(self._key, name, amount)
+                else:
+                    pipe.hincrby(self._key, name, int(amount))
             pipe.execute()
         except redis.RedisError as exc:
             log.warning("metrics not recorded: %s", type(exc).__name__)
+
+    def _add(self, increments: list[tuple[str, float]]) -> None:
+        if self._client is None:
+            return
+        with self._lock:
+            if self._flusher_pid != os.getpid():
+                self._flusher_pid = os.getpid()
+                threading.Thread(target=self._flush_forever, name="metrics", daemon=True).start()
+                atexit.register(self.flush)
+            for name, amount in increments:
+                self._pending[name] = self._pending.get(name, 0) + amount
+
+    def _flush_forever(self) -> None:
+        while True:
+            time.sleep(self._flush_s)
+            self.flush()
+
+    def _forget_parent(self) -> None:
+        self._lock = threading.Lock()
+        self._pending = {}
+        self._flusher_pid = None
 
 
 NO_METRICS = Metrics(None, Keys())
@@ -130,14 +169,23 @@ class FleetCollector(Collector):
     """Renders the Redis hash and the scrape-time gauges as Prometheus metric families."""
 
     def __init__(
-        self, client: redis.Redis, keys: Keys, sessions: sessionmaker[Session], retry_key: str
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        sessions: sessionmaker[Session],
+        retry_key: str,
+        local: Metrics | None = None,
     ) -> None:
         self._client = client
         self._keys = keys
         self._sessions = sessions
         self._retry_key = retry_key
+        # This process's own recorder: flushed first, so its figures are current.
+        self._local = local
 
     def collect(self) -> Iterator[Any]:
+        if self._local is not None:
+            self._local.flush()
         raw = self._client.hgetall(self._keys.metrics)
         fields = {_text(k): float(_text(v)) for k, v in raw.items()}
         for name, info in CATALOG.items():

@@ -70,6 +70,8 @@ def test_histograms_are_cumulative_and_counters_add_up_across_recorders(
         first.observe("provider_call_seconds", seconds, provider="opus")
     first.count("retries_scheduled", kind="op")
     second.count("retries_scheduled", kind="op", n=2)
+    first.flush()
+    second.flush()
 
     # when they are collected
     engine = create_store_engine(settings)
