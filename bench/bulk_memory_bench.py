@@ -15,7 +15,6 @@ WRITEJOBS_REDIS_URL, or an embedded Redis; a throwaway SQLite store).
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 import tempfile
@@ -29,10 +28,11 @@ import psutil
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench_support import bench_redis  # noqa: E402
+
 from api_shim.app import create_app  # noqa: E402
 from tests.support.servers import serve_in_thread  # noqa: E402
 from tests.support.system import ChildProcess, Tenant, create_tenant, start_child  # noqa: E402
-from writejobs.embedded_redis import EmbeddedRedis  # noqa: E402
 from writejobs.settings import Settings  # noqa: E402
 from writejobs.store.migrate import migrate  # noqa: E402
 
@@ -86,16 +86,15 @@ def upsert(tenant: Tenant, url: str) -> dict[str, object]:
 def main() -> int:
     target_mib = float(sys.argv[1]) if len(sys.argv) > 1 else 100.0
     data_dir = Path(tempfile.mkdtemp(prefix="wj-bulk-bench-"))
-    redis_server = None
-    redis_url = os.environ.get("WRITEJOBS_REDIS_URL")
-    if not redis_url:
-        redis_server = EmbeddedRedis(data_dir / "redis", data_dir / "redis.sock")
-        redis_server.start()
-        redis_url = redis_server.url
-    run = uuid.uuid4().hex[:8]
+    with bench_redis(data_dir) as redis_url:
+        return bench_bulk(target_mib, data_dir, redis_url)
+
+
+def bench_bulk(target_mib: float, data_dir: Path, redis_url: str) -> int:
+    run_id = uuid.uuid4().hex[:8]
     settings = Settings(
-        data_dir=data_dir, redis_url=redis_url, redis_namespace=f"wjbench-{run}",
-        celery_queue=f"writejobs-bench-{run}", worker_concurrency=1,
+        data_dir=data_dir, redis_url=redis_url, redis_namespace=f"wjbench-{run_id}",
+        celery_queue=f"writejobs-bench-{run_id}", worker_concurrency=1,
         fetch_allowed_http_hosts="localhost", sandbox_port=free_port(),
     )  # fmt: skip
     migrate(settings)
@@ -128,8 +127,6 @@ def main() -> int:
     finally:
         worker.stop()
         sandbox.stop()
-        if redis_server is not None:
-            redis_server.stop()
 
     print(f"baseline: {small_bytes:,} bytes ({small_rows} rows) -> {small['status']}")
     print(f"file: {size / MIB:.1f} MiB ({size:,} bytes, {rows:,} rows) via recordsURL -> "

@@ -32,8 +32,9 @@ import redis
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench_support import bench_redis  # noqa: E402
+
 from tests.support.system import create_tenant, running_api  # noqa: E402
-from writejobs.embedded_redis import EmbeddedRedis  # noqa: E402
 from writejobs.settings import Settings  # noqa: E402
 from writejobs.store.migrate import migrate  # noqa: E402
 
@@ -88,20 +89,19 @@ def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 10.0
     clients = int(sys.argv[2]) if len(sys.argv) > 2 else 16
     data_dir = Path(tempfile.mkdtemp(prefix="wj-intake-bench-"))
-    redis_server = None
-    redis_url = os.environ.get("WRITEJOBS_REDIS_URL")
-    if not redis_url:
-        redis_server = EmbeddedRedis(data_dir / "redis", data_dir / "redis.sock")
-        redis_server.start()
-        redis_url = redis_server.url
-    run = uuid.uuid4().hex[:8]
+    with bench_redis(data_dir) as redis_url:
+        bench_intake(seconds, clients, data_dir, redis_url)
+
+
+def bench_intake(seconds: float, clients: int, data_dir: Path, redis_url: str) -> None:
+    run_id = uuid.uuid4().hex[:8]
     database_url = os.environ.get("WRITEJOBS_DATABASE_URL")
-    schema = f"wjbench_{run}"
+    schema = f"wjbench_{run_id}"
     if database_url:
         database_url = _own_schema(database_url, schema)
     settings = Settings(
         data_dir=data_dir, redis_url=redis_url, database_url=database_url,
-        redis_namespace=f"wjbench-{run}", celery_queue=f"writejobs-bench-{run}",
+        redis_namespace=f"wjbench-{run_id}", celery_queue=f"writejobs-bench-{run_id}",
         log_level="WARNING",
     )  # fmt: skip
     migrate(settings)
@@ -132,8 +132,6 @@ def main() -> None:
         for key in client.scan_iter(f"{settings.redis_namespace}:*"):
             client.delete(key)
         client.close()
-        if redis_server is not None:
-            redis_server.stop()
         if database_url:
             _drop_schema(os.environ["WRITEJOBS_DATABASE_URL"], schema)
 
