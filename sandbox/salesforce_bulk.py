@@ -198,21 +198,20 @@ def create_router(state: SandboxState) -> APIRouter:
         with state.lock:
             return find(job_id).as_info()
 
-    @router.get("/{jobId}/failedResults/")
-    def failed_results(job_id: JobId) -> Response:
+    def results(job_id: str, outcome_column: str, failed: bool) -> Response:
         with state.lock:
             job = find(job_id)
-            rows = list(job.failed)
-        header = ["sf__Id", "sf__Error", job.external_id_field]
+            rows = list(job.failed if failed else job.succeeded)
+        header = ["sf__Id", outcome_column, job.external_id_field]
         return Response(_results_csv(header, rows), media_type="text/csv")
+
+    @router.get("/{jobId}/failedResults/")
+    def failed_results(job_id: JobId) -> Response:
+        return results(job_id, "sf__Error", failed=True)
 
     @router.get("/{jobId}/successfulResults/")
     def successful_results(job_id: JobId) -> Response:
-        with state.lock:
-            job = find(job_id)
-            rows = list(job.succeeded)
-        header = ["sf__Id", "sf__Created", job.external_id_field]
-        return Response(_results_csv(header, rows), media_type="text/csv")
+        return results(job_id, "sf__Created", failed=False)
 
     return router
 

@@ -11,7 +11,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -179,22 +179,14 @@ def _new_operation(
     else:
         # A synchronous write runs at once, in this request, as its first attempt.
         state = State.RUNNING
-    return Operation(
-        id=str(uuid.uuid4()),
-        project_id=target.project.id,
-        integration_id=installation.integration_id,
-        installation_id=installation.id,
-        config_id=installation.config_id,
-        object_name=target.object_name,
+    return new_operation(
+        target, installation, now,
         write_type=request.type,
         mode=request.mode,
         shape=shape,
         request=request.model_dump(mode="json", by_alias=True, exclude_none=True),
         state=state.value,
         attempts=0 if request.is_async else 1,
-        backoff_failures=0,
-        success_count=0,
-        failure_count=0,
         record_count=len(request.batch) if request.batch is not None else 1,
         deadline_at=deadline_at,
         max_delay_s=max_delay_s,
@@ -202,6 +194,23 @@ def _new_operation(
         if request.is_async
         else now + timedelta(seconds=deps.settings.running_lease_s),
         last_attempt_at=None if request.is_async else now,
+    )  # fmt: skip
+
+
+def new_operation(
+    target: WriteTarget, installation: Installation, now: datetime, **fields: Any
+) -> Operation:
+    """A new operation routed to `installation`, with nothing done yet; `fields` say
+    what kind of write it is (type, mode, shape, request, state, deadline, …)."""
+    nothing_done = {"attempts": 0, "backoff_failures": 0, "success_count": 0, "failure_count": 0}
+    return Operation(
+        id=str(uuid.uuid4()),
+        project_id=target.project.id,
+        integration_id=installation.integration_id,
+        installation_id=installation.id,
+        config_id=installation.config_id,
+        object_name=target.object_name,
         created_at=now,
         updated_at=now,
+        **(nothing_done | fields),
     )

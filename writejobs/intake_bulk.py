@@ -10,15 +10,21 @@ on the way, hop by hop (`writejobs.safe_fetch`).
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import timedelta
 
 import httpx
 
 from writejobs.bulk_contract import BulkUpsertRequest
+from writejobs.contract import RetryPolicy
 from writejobs.deps import ExecutionDeps
 from writejobs.errors import ContractError
-from writejobs.intake import Dispatch, EnqueueFailed, WriteTarget, find_installation
+from writejobs.intake import (
+    Dispatch,
+    EnqueueFailed,
+    WriteTarget,
+    find_installation,
+    new_operation,
+)
 from writejobs.operations import State
 from writejobs.providers.salesforce import PROVIDER as SALESFORCE
 from writejobs.safe_fetch import FetchFailed, UnsafeUrl, check_url
@@ -28,7 +34,7 @@ from writejobs.store.tables import Installation, Operation
 log = logging.getLogger(__name__)
 
 # The contract gives a bulk write no retry policy; it gets the asynchronous default.
-DEADLINE_HOURS = 1
+DEADLINE_HOURS = RetryPolicy().deadline_hours
 
 
 def accept_bulk_upsert(
@@ -102,25 +108,14 @@ def _new_operation(
 ) -> Operation:
     now = deps.clock()
     deadline_s = DEADLINE_HOURS * 3600 * deps.settings.policy_time_scale
-    return Operation(
-        id=str(uuid.uuid4()),
-        project_id=target.project.id,
-        integration_id=installation.integration_id,
-        installation_id=installation.id,
-        config_id=installation.config_id,
-        object_name=target.object_name,
+    return new_operation(
+        target, installation, now,
         write_type="upsert",
         mode="bulk",
         shape="bulk",
         request=request.stored(),
         state=State.QUEUED.value,
-        attempts=0,
-        backoff_failures=0,
-        # Unknown until Salesforce has read the CSV; the job's counters fill these in.
+        # Unknown until Salesforce has read the CSV; the job's counters fill it in.
         record_count=0,
-        success_count=0,
-        failure_count=0,
         deadline_at=now + timedelta(seconds=deadline_s),
-        created_at=now,
-        updated_at=now,
-    )
+    )  # fmt: skip

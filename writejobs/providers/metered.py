@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Literal, TypeVar
 
 from writejobs.deps import AdapterOpener
 from writejobs.errors import ProviderError
@@ -20,6 +20,8 @@ from writejobs.providers.base import (
 )
 from writejobs.settings import Settings
 from writejobs.store.tables import Installation
+
+T = TypeVar("T")
 
 
 def metered(open_adapter: AdapterOpener, metrics: Metrics) -> AdapterOpener:
@@ -45,14 +47,10 @@ class MeteredAdapter:
     def write_one(
         self, object_name: str, write_type: WriteType, item: WriteItem, options: WriteOptions
     ) -> RecordResult:
-        started = time.monotonic()
-        try:
-            result = self._adapter.write_one(object_name, write_type, item, options)
-        except ProviderError as exc:
-            self._record(started, "retryable" if exc.retryable else "permanent")
-            raise
-        self._record(started, _outcome([result]))
-        return result
+        return self._timed(
+            lambda: self._adapter.write_one(object_name, write_type, item, options),
+            lambda result: [result],
+        )
 
     def write_batch(
         self,
@@ -61,14 +59,21 @@ class MeteredAdapter:
         items: list[WriteItem],
         options: WriteOptions,
     ) -> BatchOutcome:
+        return self._timed(
+            lambda: self._adapter.write_batch(object_name, write_type, items, options),
+            lambda outcome: outcome.results,
+        )
+
+    def _timed(self, call: Callable[[], T], results_of: Callable[[T], list[RecordResult]]) -> T:
+        """Run `call`, then record its duration and outcome (raised, or from its results)."""
         started = time.monotonic()
         try:
-            outcome = self._adapter.write_batch(object_name, write_type, items, options)
+            value = call()
         except ProviderError as exc:
             self._record(started, "retryable" if exc.retryable else "permanent")
             raise
-        self._record(started, _outcome(outcome.results))
-        return outcome
+        self._record(started, _outcome(results_of(value)))
+        return value
 
     def _record(self, started: float, outcome: str) -> None:
         provider = self.provider
