@@ -8,8 +8,8 @@ from api_shim import routes_bulk, routes_health, routes_metrics, routes_operatio
 from api_shim.problems import install_handlers
 from api_shim.routes_metrics import metrics_registry
 from api_shim.state import AppState
+from writejobs.runtime.wiring import Wiring, wire
 from writejobs.settings import Settings, load_settings
-from writejobs.wiring import Wiring, wire
 
 
 def create_app(settings: Settings | None = None, *, wiring: Wiring | None = None) -> FastAPI:

@@ -23,9 +23,16 @@ log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 
-_TITLES = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-           413: "Content Too Large", 500: "Internal Server Error", 502: "Bad Gateway",
-           503: "Service Unavailable"}  # fmt: skip
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Content Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
 
 
 class ApiProblem(Exception):
@@ -105,10 +112,13 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
         issues = [
-            {"in": str(e["loc"][0]), "name": ".".join(str(p) for p in e["loc"][1:]),
-             "detail": e["msg"]}
+            {
+                "in": str(e["loc"][0]),
+                "name": ".".join(str(p) for p in e["loc"][1:]),
+                "detail": e["msg"],
+            }
             for e in exc.errors()
-        ]  # fmt: skip
+        ]
         first = issues[0] if issues else {"name": "request", "detail": "invalid"}
         detail = f"{first['name']}: {first['detail']}"
         return problem_response(request, ApiProblem(400, detail, issues=issues))
@@ -122,9 +132,10 @@ def install_handlers(app: FastAPI) -> None:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return problem_response(
             request,
-            ApiProblem(500, "internal error; the request id identifies it in our logs",
-                       retryable=True),
-        )  # fmt: skip
+            ApiProblem(
+                500, "internal error; the request id identifies it in our logs", retryable=True
+            ),
+        )
 
 
 _NOT_FOUND_REMEDY = "Verify the ids and that they belong to the project of your API key."

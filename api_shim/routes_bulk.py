@@ -15,9 +15,9 @@ from starlette.concurrency import run_in_threadpool
 from api_shim.auth import authenticated_project
 from api_shim.problems import ApiProblem
 from api_shim.state import AppState
-from writejobs.bulk_contract import MAX_INLINE_CSV_BYTES, BulkUpsertRequest, parse_bulk_request
-from writejobs.intake import EnqueueFailed, WriteTarget
-from writejobs.intake_bulk import accept_bulk_upsert
+from writejobs.core.bulk_contract import MAX_INLINE_CSV_BYTES, BulkUpsertRequest, parse_bulk_request
+from writejobs.intake.bulk import accept_bulk_upsert
+from writejobs.intake.write import EnqueueFailed, WriteTarget
 
 router = APIRouter()
 

@@ -22,8 +22,10 @@ async def readyz(request: Request) -> JSONResponse:
     state: AppState = request.app.state.writejobs
     checks = await run_in_threadpool(_check, state)
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks},
-                        status_code=200 if ready else 503)  # fmt: skip
+    return JSONResponse(
+        {"status": "ok" if ready else "unavailable", "checks": checks},
+        status_code=200 if ready else 503,
+    )
 
 
 def _check(state: AppState) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """`GET /metrics`: the whole fleet's metrics in Prometheus' text format.
 
-Every process records into Redis (`writejobs.metrics`), so scraping any one API
+Every process records into Redis (`writejobs.runtime.metrics`), so scraping any one API
 process gives fleet-wide figures; scrape one, not all, or the sums double.
 """
 
@@ -11,9 +11,9 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from writejobs.metrics import FleetCollector
+from writejobs.runtime.metrics import FleetCollector
+from writejobs.runtime.wiring import Wiring
 from writejobs.settings import Settings
-from writejobs.wiring import Wiring
 
 router = APIRouter(tags=["Health"])
 
@@ -23,9 +23,12 @@ def metrics_registry(wiring: Wiring, settings: Settings) -> CollectorRegistry:
     they would describe this one process, not the fleet)."""
     registry = CollectorRegistry(auto_describe=False)
     collector = FleetCollector(
-        wiring.redis, wiring.batcher.keys, wiring.deps.sessions, wiring.retries.key,
+        wiring.redis,
+        wiring.batcher.keys,
+        wiring.deps.sessions,
+        wiring.retries.key,
         local=wiring.metrics,
-    )  # fmt: skip
+    )
     registry.register(collector)
     return registry
 

@@ -92,8 +92,10 @@ async def list_operations(
             pagination: dict[str, Any] = {"done": page.next_token is None}
             if page.next_token is not None:
                 pagination["nextPageToken"] = page.next_token
-            return {"results": [operation_view(op) for op in page.operations],
-                    "pagination": pagination}  # fmt: skip
+            return {
+                "results": [operation_view(op) for op in page.operations],
+                "pagination": pagination,
+            }
 
     body = await run_in_threadpool(load)
     if body is None:

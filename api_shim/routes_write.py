@@ -14,8 +14,8 @@ from api_shim.problems import ApiProblem
 from api_shim.state import AppState
 from api_shim.views import batch_response, write_result
 from writejobs.clock import iso, utcnow
-from writejobs.contract import WriteRequest, parse_write_request
-from writejobs.intake import Accepted, EnqueueFailed, WriteTarget, accept_write
+from writejobs.core.contract import WriteRequest, parse_write_request
+from writejobs.intake.write import Accepted, EnqueueFailed, WriteTarget, accept_write
 
 router = APIRouter()
 
@@ -72,14 +72,21 @@ def _answer(accepted: Accepted, write: WriteRequest) -> Response:
             if error.retry_after_s is not None:
                 retry_after = iso(utcnow() + timedelta(seconds=error.retry_after_s))
             raise ApiProblem(
-                502, f"the provider is unavailable: {error.message}", retryable=True,
-                retry_after=retry_after, context={"operationId": op_id},
+                502,
+                f"the provider is unavailable: {error.message}",
+                retryable=True,
+                retry_after=retry_after,
+                context={"operationId": op_id},
                 remedy="Try again later, or send the write asynchronously so we retry for you.",
-            )  # fmt: skip
+            )
         if write.batch is not None:
             n = len(write.batch)
-            body: dict[str, Any] = {"operationId": op_id, "successCount": 0, "failureCount": n,
-                                    "errors": [{"message": error.message}]}  # fmt: skip
+            body: dict[str, Any] = {
+                "operationId": op_id,
+                "successCount": 0,
+                "failureCount": n,
+                "errors": [{"message": error.message}],
+            }
             return JSONResponse(body, status_code=422)
         return JSONResponse(_single_fail(op_id, error.message, error.raw_response), status_code=422)
     outcome = accepted.outcome
@@ -97,8 +104,11 @@ def _answer(accepted: Accepted, write: WriteRequest) -> Response:
 
 
 def _single_fail(op_id: str, message: str, raw: str | None) -> dict[str, Any]:
-    body: dict[str, Any] = {"operationId": op_id, "errors": [{"message": message}],
-                            "result": {"success": False}}  # fmt: skip
+    body: dict[str, Any] = {
+        "operationId": op_id,
+        "errors": [{"message": message}],
+        "result": {"success": False},
+    }
     if raw:
         body["rawResponse"] = raw
     return body

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import redis
 
-from writejobs.deps import ExecutionDeps
-from writejobs.intake import Dispatch
-from writejobs.metrics import Metrics
+from writejobs.execution.deps import ExecutionDeps
+from writejobs.intake.write import Dispatch
+from writejobs.runtime.metrics import Metrics
 
 
 @dataclass(frozen=True, slots=True)

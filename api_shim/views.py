@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from writejobs.clock import as_utc, iso
-from writejobs.operations import public_status
+from writejobs.core.operations import public_status
 from writejobs.providers.base import BatchOutcome, RecordResult
 from writejobs.store.tables import Operation, OperationLog
 
@@ -55,8 +55,11 @@ def operation_view(op: Operation) -> dict[str, Any]:
 
 
 def log_view(entry: OperationLog) -> dict[str, Any]:
-    message: dict[str, Any] = {"msg": entry.msg, "operation_id": entry.operation_id,
-                               "details": entry.details or {}}  # fmt: skip
+    message: dict[str, Any] = {
+        "msg": entry.msg,
+        "operation_id": entry.operation_id,
+        "details": entry.details or {},
+    }
     if entry.error is not None:
         message["error"] = entry.error
     return {"timestamp": iso(entry.timestamp), "severity": entry.severity, "message": message}

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from writejobs.embedded_redis import EmbeddedRedis
+from writejobs.cli.embedded_redis import EmbeddedRedis
 
 
 @contextmanager

@@ -93,10 +93,14 @@ def main() -> int:
 def bench_bulk(target_mib: float, data_dir: Path, redis_url: str) -> int:
     run_id = uuid.uuid4().hex[:8]
     settings = Settings(
-        data_dir=data_dir, redis_url=redis_url, redis_namespace=f"wjbench-{run_id}",
-        celery_queue=f"writejobs-bench-{run_id}", worker_concurrency=1,
-        fetch_allowed_http_hosts="localhost", sandbox_port=free_port(),
-    )  # fmt: skip
+        data_dir=data_dir,
+        redis_url=redis_url,
+        redis_namespace=f"wjbench-{run_id}",
+        celery_queue=f"writejobs-bench-{run_id}",
+        worker_concurrency=1,
+        fetch_allowed_http_hosts="localhost",
+        sandbox_port=free_port(),
+    )
     migrate(settings)
     sandbox = start_child("sandbox", ["sandbox"], settings)
     worker = start_child("worker", ["worker"], settings)
@@ -129,9 +133,11 @@ def bench_bulk(target_mib: float, data_dir: Path, redis_url: str) -> int:
         sandbox.stop()
 
     print(f"baseline: {small_bytes:,} bytes ({small_rows} rows) -> {small['status']}")
-    print(f"file: {size / MIB:.1f} MiB ({size:,} bytes, {rows:,} rows) via recordsURL -> "
-          f"{view['status']}: {view['successCount']:,} written, {view['failureCount']} failed, "
-          f"{elapsed:.1f} s")  # fmt: skip
+    print(
+        f"file: {size / MIB:.1f} MiB ({size:,} bytes, {rows:,} rows) via recordsURL -> "
+        f"{view['status']}: {view['successCount']:,} written, {view['failureCount']} failed, "
+        f"{elapsed:.1f} s"
+    )
     after_label = f"after {size / MIB:.0f} MiB"
     print(f"{'worker process':<16} {'peak RSS after 1 KiB':>21} {after_label:>12}")
     for name, peak in after.items():
@@ -140,8 +146,10 @@ def bench_bulk(target_mib: float, data_dir: Path, redis_url: str) -> int:
     counts_ok = view["status"] == "success" and view["successCount"] == rows
     verdict = "PASS" if pool_peak < LIMIT_MIB and counts_ok else "FAIL"
     counts = "right" if counts_ok else "WRONG"
-    print(f"{verdict}: the pool process peaked at {pool_peak:.1f} MiB (limit {LIMIT_MIB} MiB) "
-          f"for a {size / MIB:.1f} MiB file; counts {counts}")  # fmt: skip
+    print(
+        f"{verdict}: the pool process peaked at {pool_peak:.1f} MiB (limit {LIMIT_MIB} MiB) "
+        f"for a {size / MIB:.1f} MiB file; counts {counts}"
+    )
     return 0 if verdict == "PASS" else 1
 
 

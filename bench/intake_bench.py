@@ -100,10 +100,13 @@ def bench_intake(seconds: float, clients: int, data_dir: Path, redis_url: str) -
     if database_url:
         database_url = _own_schema(database_url, schema)
     settings = Settings(
-        data_dir=data_dir, redis_url=redis_url, database_url=database_url,
-        redis_namespace=f"wjbench-{run_id}", celery_queue=f"writejobs-bench-{run_id}",
+        data_dir=data_dir,
+        redis_url=redis_url,
+        database_url=database_url,
+        redis_namespace=f"wjbench-{run_id}",
+        celery_queue=f"writejobs-bench-{run_id}",
         log_level="WARNING",
-    )  # fmt: skip
+    )
     migrate(settings)
     store = "PostgreSQL" if settings.database_url else "SQLite (WAL)"
     try:
@@ -119,8 +122,10 @@ def bench_intake(seconds: float, clients: int, data_dir: Path, redis_url: str) -
                 ),
                 "async create": (write, base),
             }
-            print(f"one API process, {clients} clients in {CLIENT_PROCESSES} processes, "
-                  f"{seconds:g} s each; store {store}")  # fmt: skip
+            print(
+                f"one API process, {clients} clients in {CLIENT_PROCESSES} processes, "
+                f"{seconds:g} s each; store {store}"
+            )
             print(f"{'request':<26} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8}")
             for name, (url, body) in cases.items():
                 rate, p50, p95 = measure(url, tenant.api_key, body, clients, seconds)

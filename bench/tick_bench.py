@@ -22,14 +22,14 @@ from pathlib import Path
 
 import redis
 
-from writejobs.autobatch import AutoBatcher
-from writejobs.embedded_redis import EmbeddedRedis
-from writejobs.redis_keys import Keys
-from writejobs.secrets import cipher_for
+from writejobs.cli.embedded_redis import EmbeddedRedis
+from writejobs.grouping.autobatch import AutoBatcher
+from writejobs.grouping.keys import Keys
 from writejobs.settings import Settings
 from writejobs.store import operations_repo, tenants_repo
 from writejobs.store.db import create_session_factory, create_store_engine
 from writejobs.store.migrate import migrate
+from writejobs.store.secrets import cipher_for
 from writejobs.store.tables import Operation
 
 SIZES = (100, 10_000, 100_000)
@@ -69,12 +69,20 @@ def pending_operation() -> str:
     installation = _store["installation"]
     now = datetime.now(UTC)
     op = Operation(
-        id=str(uuid.uuid4()), project_id=installation.project_id,  # type: ignore[attr-defined]
+        id=str(uuid.uuid4()),
+        project_id=installation.project_id,  # type: ignore[attr-defined]
         integration_id=installation.integration_id,  # type: ignore[attr-defined]
-        installation_id=installation.id, config_id=installation.config_id,  # type: ignore[attr-defined]
-        object_name="contacts", write_type="create", mode="asynchronous", shape="auto_batch",
-        request={}, state="pending", created_at=now, updated_at=now,
-    )  # fmt: skip
+        installation_id=installation.id,
+        config_id=installation.config_id,  # type: ignore[attr-defined]
+        object_name="contacts",
+        write_type="create",
+        mode="asynchronous",
+        shape="auto_batch",
+        request={},
+        state="pending",
+        created_at=now,
+        updated_at=now,
+    )
     with sessions() as session:  # type: ignore[operator]
         operations_repo.insert_operation(session, op)
         session.commit()
@@ -85,8 +93,9 @@ def make_tenant(sessions: object) -> None:
     with sessions() as session:  # type: ignore[operator]
         now = datetime.now(UTC)
         project = tenants_repo.create_project(session, f"bench-{uuid.uuid4().hex[:6]}", now=now)
-        integration = tenants_repo.create_integration(session, project.id, "crm", "hubspot",
-                                                      now=now)  # fmt: skip
+        integration = tenants_repo.create_integration(
+            session, project.id, "crm", "hubspot", now=now
+        )
         installation = tenants_repo.create_installation(
             session,
             integration,
@@ -142,8 +151,9 @@ def main() -> None:
     try:
         for size in SIZES:
             keys = Keys(f"tickbench-{uuid.uuid4().hex[:6]}")
-            batcher = AutoBatcher(client, sessions, lambda _batch_id: None, keys=keys,
-                                  clock=lambda: datetime.now(UTC))  # fmt: skip
+            batcher = AutoBatcher(
+                client, sessions, lambda _batch_id: None, keys=keys, clock=lambda: datetime.now(UTC)
+            )
             populate(client, keys, size, time.time())
             tick_s = time_tick(batcher, client, keys)
             scan_s = time_scan(client, keys) if size <= 10_000 else float("nan")
@@ -155,8 +165,10 @@ def main() -> None:
         if embedded is not None:
             embedded.stop()
     base = rows[0][1]
-    print(f"{'idle groups':>12} {'tick (10 due) ms':>17} {'vs 100 groups':>14} "
-          f"{'baseline: scan every group ms':>30}")  # fmt: skip
+    print(
+        f"{'idle groups':>12} {'tick (10 due) ms':>17} {'vs 100 groups':>14} "
+        f"{'baseline: scan every group ms':>30}"
+    )
     for size, tick_s, scan_s in rows:
         scan = "(skipped)" if scan_s != scan_s else f"{scan_s * 1000:.1f}"
         print(f"{size:>12,} {tick_s * 1000:>17.2f} {tick_s / base:>13.2f}x {scan:>30}")

@@ -13,8 +13,8 @@ from types import FrameType
 
 from scheduler.scheduler import Scheduler
 from writejobs.clock import utcnow
+from writejobs.runtime.wiring import wire
 from writejobs.settings import Settings
-from writejobs.wiring import wire
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,12 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
         try:
             report = scheduler.tick(utcnow())
             for claim in report.batches.flushed:
-                log.info("flushed batch %s: %d records (%s)", claim.batch_id,
-                         len(claim.member_ids), claim.reason)  # fmt: skip
+                log.info(
+                    "flushed batch %s: %d records (%s)",
+                    claim.batch_id,
+                    len(claim.member_ids),
+                    claim.reason,
+                )
         except Exception:
             # Redis or the database is away for a moment: log and tick again.
             log.exception("scheduler tick failed")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from writejobs.autobatch import TickReport
-from writejobs.recovery import expire_overdue, requeue_stalled
+from writejobs.grouping.autobatch import TickReport
+from writejobs.grouping.recovery import expire_overdue, requeue_stalled
+from writejobs.runtime.wiring import Wiring
 from writejobs.settings import Settings
-from writejobs.wiring import Wiring
 
 # The sweeps read SQL; running them every tick would load the store for nothing.
 SWEEP_EVERY_S = 1.0

@@ -15,7 +15,7 @@ import redis
 from sandbox.app import create_app as create_sandbox
 from tests.support.servers import serve_in_thread
 from tests.support.system import Tenant, create_tenant, running_worker
-from writejobs.embedded_redis import EmbeddedRedis
+from writejobs.cli.embedded_redis import EmbeddedRedis
 from writejobs.settings import Settings
 from writejobs.store.migrate import migrate
 

@@ -13,13 +13,13 @@ import time
 from celery import Celery
 
 from writejobs import task_names
-from writejobs.celery_config import celery_config
-from writejobs.execute import run_operation
-from writejobs.execute_batch import run_batch
-from writejobs.logging_setup import configure_logging
-from writejobs.redis_keys import Keys
+from writejobs.execution.batch import run_batch
+from writejobs.execution.run import run_operation
+from writejobs.grouping.keys import Keys
+from writejobs.runtime.celery_config import celery_config
+from writejobs.runtime.log_config import configure_logging
+from writejobs.runtime.wiring import wire
 from writejobs.settings import Settings, load_settings
-from writejobs.wiring import wire
 
 log = logging.getLogger(__name__)
 

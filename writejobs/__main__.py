@@ -1,3 +1,3 @@
-from writejobs.cli import main
+from writejobs.cli.main import main
 
 main()

@@ -26,8 +26,9 @@ def _email() -> str:
 
 
 def _sandbox_record(sandbox_url: str, record_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{sandbox_url}/crm/v3/objects/contacts/{record_id}",
-                         headers={"Authorization": "Bearer t"})  # fmt: skip
+    response = httpx.get(
+        f"{sandbox_url}/crm/v3/objects/contacts/{record_id}", headers={"Authorization": "Bearer t"}
+    )
     assert response.status_code == 200, response.text
     return dict(response.json())
 
@@ -37,9 +38,15 @@ def test_async_single_write_reaches_success_and_the_record_is_in_the_sandbox(
 ) -> None:
     email = _email()
     with tenant.client() as client:
-        response = client.post(tenant.write_path(), json={
-            "groupRef": tenant.group_ref, "type": "create", "mode": "asynchronous",
-            "record": {"email": email}})  # fmt: skip
+        response = client.post(
+            tenant.write_path(),
+            json={
+                "groupRef": tenant.group_ref,
+                "type": "create",
+                "mode": "asynchronous",
+                "record": {"email": email},
+            },
+        )
     assert response.status_code == 200
     assert_write_response(response)
     op_id = response.json()["operationId"]
@@ -56,9 +63,15 @@ def test_async_batch_reaches_success_with_every_record_written(
 ) -> None:
     emails = [_email() for _ in range(50)]
     with tenant.client() as client:
-        response = client.post(tenant.write_path(), json={
-            "groupRef": tenant.group_ref, "type": "create", "mode": "asynchronous",
-            "batch": [{"record": {"email": e}} for e in emails]})  # fmt: skip
+        response = client.post(
+            tenant.write_path(),
+            json={
+                "groupRef": tenant.group_ref,
+                "type": "create",
+                "mode": "asynchronous",
+                "batch": [{"record": {"email": e}} for e in emails],
+            },
+        )
     op_id = response.json()["operationId"]
     view = tenant.wait_terminal([op_id])[op_id]
     assert view["status"] == "success"
@@ -73,10 +86,15 @@ def test_async_batch_with_every_record_rejected_ends_failure_with_reasons_in_log
     tenant: Tenant,
 ) -> None:
     with tenant.client() as client:
-        op_id = client.post(tenant.write_path(), json={
-            "groupRef": tenant.group_ref, "type": "create", "mode": "asynchronous",
-            "batch": [{"record": {"email": "bad-1"}}, {"record": {"email": "bad-2"}}]},
-        ).json()["operationId"]  # fmt: skip
+        op_id = client.post(
+            tenant.write_path(),
+            json={
+                "groupRef": tenant.group_ref,
+                "type": "create",
+                "mode": "asynchronous",
+                "batch": [{"record": {"email": "bad-1"}}, {"record": {"email": "bad-2"}}],
+            },
+        ).json()["operationId"]
         view = tenant.wait_terminal([op_id])[op_id]
         logs = client.get(tenant.operation_path(op_id) + "/logs").json()
     assert view["status"] == "failure" and view["failureCount"] == 2
@@ -90,11 +108,22 @@ def test_async_batch_with_every_record_rejected_ends_failure_with_reasons_in_log
 
 def test_installation_operations_are_listed_in_pages(tenant: Tenant) -> None:
     with tenant.client() as client:
-        ids = [client.post(tenant.write_path(), json={
-            "groupRef": tenant.group_ref, "type": "create", "mode": "asynchronous",
-            "record": {"email": _email()}}).json()["operationId"] for _ in range(5)]  # fmt: skip
-        path = (f"/v1/projects/{tenant.project_id}/integrations/{tenant.integration_id}"
-                f"/installations/{tenant.installation_id}/operations")  # fmt: skip
+        ids = [
+            client.post(
+                tenant.write_path(),
+                json={
+                    "groupRef": tenant.group_ref,
+                    "type": "create",
+                    "mode": "asynchronous",
+                    "record": {"email": _email()},
+                },
+            ).json()["operationId"]
+            for _ in range(5)
+        ]
+        path = (
+            f"/v1/projects/{tenant.project_id}/integrations/{tenant.integration_id}"
+            f"/installations/{tenant.installation_id}/operations"
+        )
         seen: list[str] = []
         token = None
         while True:
@@ -130,9 +159,15 @@ def test_no_record_payload_reaches_task_arguments_or_logs(
     with serve_in_thread(create_app(parked)) as parked_api:
         parked_tenant = create_tenant(settings, parked_api, sandbox_url)
         with parked_tenant.client() as client:
-            op_id = client.post(parked_tenant.write_path(), json={
-                "groupRef": parked_tenant.group_ref, "type": "create", "mode": "asynchronous",
-                "record": {"email": secret}}).json()["operationId"]  # fmt: skip
+            op_id = client.post(
+                parked_tenant.write_path(),
+                json={
+                    "groupRef": parked_tenant.group_ref,
+                    "type": "create",
+                    "mode": "asynchronous",
+                    "record": {"email": secret},
+                },
+            ).json()["operationId"]
     raw_messages = redis.Redis.from_url(settings.effective_redis_url).lrange(
         parked.celery_queue, 0, -1
     )
@@ -143,9 +178,15 @@ def test_no_record_payload_reaches_task_arguments_or_logs(
     assert secret not in raw_messages[0].decode()
     # 2. A real write through the worker: neither process logs the record.
     with tenant.client() as client:
-        op_id = client.post(tenant.write_path(), json={
-            "groupRef": tenant.group_ref, "type": "create", "mode": "asynchronous",
-            "record": {"email": secret}}).json()["operationId"]  # fmt: skip
+        op_id = client.post(
+            tenant.write_path(),
+            json={
+                "groupRef": tenant.group_ref,
+                "type": "create",
+                "mode": "asynchronous",
+                "record": {"email": secret},
+            },
+        ).json()["operationId"]
     tenant.wait_terminal([op_id])
     assert op_id in worker.output()
     assert secret not in worker.output()

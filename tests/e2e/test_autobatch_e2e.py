@@ -29,11 +29,24 @@ def _ts(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def _auto(tenant: Tenant, client: httpx.Client, record: dict[str, Any], *,
-          object_name: str = "contacts", delay_min: int = 1) -> str:  # fmt: skip
-    response = client.post(tenant.write_path(object_name), json={
-        "groupRef": tenant.group_ref, "type": "create", "mode": "asynchronous",
-        "autoBatchPolicy": {"maxDelayMinutes": delay_min}, "record": record})  # fmt: skip
+def _auto(
+    tenant: Tenant,
+    client: httpx.Client,
+    record: dict[str, Any],
+    *,
+    object_name: str = "contacts",
+    delay_min: int = 1,
+) -> str:
+    response = client.post(
+        tenant.write_path(object_name),
+        json={
+            "groupRef": tenant.group_ref,
+            "type": "create",
+            "mode": "asynchronous",
+            "autoBatchPolicy": {"maxDelayMinutes": delay_min},
+            "record": record,
+        },
+    )
     assert response.status_code == 200, response.text
     return str(response.json()["operationId"])
 
@@ -50,9 +63,15 @@ def _stats(sandbox_url: str) -> dict[str, Any]:
 @pytest.fixture()
 def scaled(settings: Settings) -> Settings:
     """Settings where a policy minute lasts 1.2 s, with fast recovery sweeps."""
-    return settings.model_copy(update={
-        "policy_time_scale": 0.02, "unsent_grace_s": 1.0, "orphan_grace_s": 2.0,
-        "stalled_after_s": 5.0, "running_lease_s": 3.0})  # fmt: skip
+    return settings.model_copy(
+        update={
+            "policy_time_scale": 0.02,
+            "unsent_grace_s": 1.0,
+            "orphan_grace_s": 2.0,
+            "stalled_after_s": 5.0,
+            "running_lease_s": 3.0,
+        }
+    )
 
 
 @pytest.fixture()
@@ -67,8 +86,10 @@ def test_250_records_become_batches_of_100_100_and_50_in_real_time(
 ) -> None:
     tenant = create_tenant(settings, api_url, own_sandbox)
     with running_scheduler(settings), tenant.client() as client:
-        ids = [_auto(tenant, client, {"email": f"rt{i}-{uuid.uuid4().hex[:6]}@example.com"})
-               for i in range(250)]  # fmt: skip
+        ids = [
+            _auto(tenant, client, {"email": f"rt{i}-{uuid.uuid4().hex[:6]}@example.com"})
+            for i in range(250)
+        ]
         views = tenant.wait_terminal(ids, timeout_s=120)
         # Then: three provider batch calls of 100, 100 and 50
         stats = _stats(own_sandbox)
@@ -78,20 +99,31 @@ def test_250_records_become_batches_of_100_100_and_50_in_real_time(
         assert {v["status"] for v in views.values()} == {"success"}
         record_ids = [v["metadata"]["successfulRecordIds"][0] for v in views.values()]
         assert len(set(record_ids)) == 250
-        batches = Counter((v["metadata"]["batch"]["id"], v["metadata"]["batch"]["flushReason"])
-                          for v in views.values())  # fmt: skip
+        batches = Counter(
+            (v["metadata"]["batch"]["id"], v["metadata"]["batch"]["flushReason"])
+            for v in views.values()
+        )
         assert sorted((n, reason) for (_, reason), n in batches.items()) == [
-            (50, "time"), (100, "size"), (100, "size")]  # fmt: skip
+            (50, "time"),
+            (100, "size"),
+            (100, "size"),
+        ]
         # The size flushes happened within 0.5 s of their 100th record being accepted
         for hundredth in (ids[99], ids[199]):
             accepted = _ts(views[hundredth]["createTime"])
-            flushed = next(e for e in _logs(tenant, client, hundredth)
-                           if e["message"]["msg"].startswith("flushed in batch"))  # fmt: skip
+            flushed = next(
+                e
+                for e in _logs(tenant, client, hundredth)
+                if e["message"]["msg"].startswith("flushed in batch")
+            )
             assert (_ts(flushed["timestamp"]) - accepted).total_seconds() < 0.5
         # The time flush came 60 to 62 s after the first of its records
         first_of_last = _ts(views[ids[200]]["createTime"])
-        flushed = next(e for e in _logs(tenant, client, ids[200])
-                       if e["message"]["msg"].startswith("flushed in batch"))  # fmt: skip
+        flushed = next(
+            e
+            for e in _logs(tenant, client, ids[200])
+            if e["message"]["msg"].startswith("flushed in batch")
+        )
         assert 60 <= (_ts(flushed["timestamp"]) - first_of_last).total_seconds() <= 62
 
 
@@ -100,8 +132,9 @@ def test_two_schedulers_and_concurrent_intake_flush_every_record_exactly_once(
     scaled: Settings, own_sandbox: str, heavy: None
 ) -> None:
     # Given a queue, a worker, an API process and two schedulers of this test's own
-    own = scaled.model_copy(update={"celery_queue": f"load-{uuid.uuid4().hex[:6]}",
-                                    "policy_time_scale": 0.5})  # fmt: skip
+    own = scaled.model_copy(
+        update={"celery_queue": f"load-{uuid.uuid4().hex[:6]}", "policy_time_scale": 0.5}
+    )
     with running_api(own) as api, running_worker(own, concurrency=2):
         tenant = create_tenant(own, api, own_sandbox)
         # and 10,000 records spread unevenly over 50 groups, sent by 16 clients at once
@@ -111,8 +144,7 @@ def test_two_schedulers_and_concurrent_intake_flush_every_record_exactly_once(
 
         def send(chunk: list[tuple[str, str]]) -> list[str]:
             with tenant.client() as client:
-                return [_auto(tenant, client, {"key": key}, object_name=obj)
-                        for obj, key in chunk]  # fmt: skip
+                return [_auto(tenant, client, {"key": key}, object_name=obj) for obj, key in chunk]
 
         with running_scheduler(own, "scheduler-a"), running_scheduler(own, "scheduler-b"):
             with ThreadPoolExecutor(16) as pool:
@@ -149,8 +181,10 @@ def test_a_scheduler_killed_between_claim_and_send_loses_nothing(
     tenant = create_tenant(scaled, scaled_api, own_sandbox)
     doomed = scaled.model_copy(update={"failpoints": failpoint, "data_dir": tmp_path})
     with tenant.client() as client:
-        ids = [_auto(tenant, client, {"email": f"k{i}-{uuid.uuid4().hex[:6]}@example.com"})
-               for i in range(10)]  # fmt: skip
+        ids = [
+            _auto(tenant, client, {"email": f"k{i}-{uuid.uuid4().hex[:6]}@example.com"})
+            for i in range(10)
+        ]
     with running_scheduler(doomed, "doomed-scheduler") as victim:
         victim.process.wait(timeout=30)
         assert victim.process.returncode == -9, victim.output()
@@ -173,8 +207,10 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_are_counted(
     with serve_in_thread(create_app(own)) as api:
         tenant = create_tenant(own, api, own_sandbox)
         with tenant.client() as client:
-            ids = [_auto(tenant, client, {"email": f"w{i}-{uuid.uuid4().hex[:6]}@example.com"})
-                   for i in range(10)]  # fmt: skip
+            ids = [
+                _auto(tenant, client, {"email": f"w{i}-{uuid.uuid4().hex[:6]}@example.com"})
+                for i in range(10)
+            ]
         with running_scheduler(own) as scheduler:
             with running_worker(doomed) as victim:
                 victim.process.wait(timeout=60)  # the failpoint kills its whole process group

@@ -67,8 +67,11 @@ def assert_three_of_ten_thousand_failed(tenant: Tenant, op_id: str, sandbox_url:
     assert (view["successCount"], view["failureCount"], view["recordCount"]) == (9_997, 3, ROWS)
     assert view["result"] == "[Contact] Bulk upsert completed (9997 succeeded, 3 failed)"
     # each failed row is in the logs with Salesforce's message and its primary key
-    failed = {e["message"]["details"][KEY]: e["message"]["error"]
-              for e in logs(tenant, op_id) if e["message"]["msg"] == "row failed"}  # fmt: skip
+    failed = {
+        e["message"]["details"][KEY]: e["message"]["error"]
+        for e in logs(tenant, op_id)
+        if e["message"]["msg"] == "row failed"
+    }
     assert set(failed) == set(expected_failures())
     for key, error in failed.items():
         assert error.startswith("INVALID_EMAIL_ADDRESS:"), error

@@ -64,8 +64,11 @@ def _contact(i: int) -> dict[str, Any]:
 
 
 def _opus_row(i: int) -> dict[str, Any]:
-    return {"rowKey": f"row-{i}-{uuid.uuid4().hex[:6]}", "leafName": f"Contract {i}",
-            "timeCreated": "2025-03-06T22:09:00Z"}  # fmt: skip
+    return {
+        "rowKey": f"row-{i}-{uuid.uuid4().hex[:6]}",
+        "leafName": f"Contract {i}",
+        "timeCreated": "2025-03-06T22:09:00Z",
+    }
 
 
 def _auto_batch(tenant: Tenant, object_name: str, records: list[dict[str, Any]]) -> list[str]:
@@ -73,9 +76,16 @@ def _auto_batch(tenant: Tenant, object_name: str, records: list[dict[str, Any]])
     ids: list[str] = []
     with tenant.client() as client:
         for record in records:
-            response = client.post(tenant.write_path(object_name), json={
-                "groupRef": tenant.group_ref, "type": "create", "mode": "asynchronous",
-                "autoBatchPolicy": {"maxDelayMinutes": 1}, "record": record})  # fmt: skip
+            response = client.post(
+                tenant.write_path(object_name),
+                json={
+                    "groupRef": tenant.group_ref,
+                    "type": "create",
+                    "mode": "asynchronous",
+                    "autoBatchPolicy": {"maxDelayMinutes": 1},
+                    "record": record,
+                },
+            )
             assert response.status_code == 200, response.text
             ids.append(str(response.json()["operationId"]))
     return ids
@@ -147,15 +157,20 @@ def test_250_auto_batched_opus_creates_become_eighteen_calls_of_at_most_15(
     assert max(stats["batch_sizes"]) == 15
     assert (stats["records_by_object"], stats["duplicate_creates"]) == ({connection: 250}, 0)
     # each call carried records of one batch only: 7 calls per 100 and 4 for the 50
-    batch_of = {key_hash(r["rowKey"]): v["metadata"]["batch"]["id"]
-                for r, v in zip(records, views, strict=True)}  # fmt: skip
+    batch_of = {
+        key_hash(r["rowKey"]): v["metadata"]["batch"]["id"]
+        for r, v in zip(records, views, strict=True)
+    }
     calls_by_batch: dict[str, list[int]] = {}
     for call in _requests(own_sandbox):
         assert (call["path"], call["status"]) == ("/records/connector/records", 201)
         [batch_id] = {batch_of[key] for key in call["keys"]}
         calls_by_batch.setdefault(batch_id, []).append(call["inputs"])
     assert sorted(sorted(sizes) for sizes in calls_by_batch.values()) == [
-        OPUS_CALLS_OF_50, OPUS_CALLS_OF_100, OPUS_CALLS_OF_100]  # fmt: skip
+        OPUS_CALLS_OF_50,
+        OPUS_CALLS_OF_100,
+        OPUS_CALLS_OF_100,
+    ]
     # and every operation succeeded, its record id being the rowKey it sent
     assert {v["status"] for v in views} == {"success"}
     sent_keys = [[r["rowKey"]] for r in records]
@@ -170,9 +185,14 @@ def test_a_synchronous_batch_of_100_to_opus_becomes_seven_calls_and_answers_200(
     records = [_opus_row(i) for i in range(100)]
 
     with tenant.client() as client:
-        response = client.post(tenant.write_path(connection), json={
-            "groupRef": tenant.group_ref, "type": "create",
-            "batch": [{"record": r} for r in records]})  # fmt: skip
+        response = client.post(
+            tenant.write_path(connection),
+            json={
+                "groupRef": tenant.group_ref,
+                "type": "create",
+                "batch": [{"record": r} for r in records],
+            },
+        )
         assert response.status_code == 200, response.text
         body = response.json()
         view = client.get(tenant.operation_path(body["operationId"])).json()

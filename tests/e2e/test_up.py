@@ -30,14 +30,30 @@ from tests.support.system import REPO_ROOT
 
 # Printed by `up` once the demo has been followed to its end.
 RUNNING_LINE = "writejobs is running."
-DEMO_KEYS = {"api_url", "api_key", "project", "integration", "group_ref", "object",
-             "sandbox_url", "flower_url", "bulk_integration", "bulk_object"}  # fmt: skip
+DEMO_KEYS = {
+    "api_url",
+    "api_key",
+    "project",
+    "integration",
+    "group_ref",
+    "object",
+    "sandbox_url",
+    "flower_url",
+    "bulk_integration",
+    "bulk_object",
+}
 POLICY_TIME_SCALE = "0.1"
 START_TIMEOUT_S = 50.0
 STOP_TIMEOUT_S = 60.0
 # The pieces `up` starts, each recognisable in its command line.
-PIECES = ("redis-server", "writejobs sandbox", "writejobs api", "worker.app worker",
-          "writejobs scheduler", "worker.app flower")  # fmt: skip
+PIECES = (
+    "redis-server",
+    "writejobs sandbox",
+    "writejobs api",
+    "worker.app worker",
+    "writejobs scheduler",
+    "worker.app flower",
+)
 
 
 @dataclass
@@ -60,8 +76,9 @@ class UpRun:
             if self.process.poll() is not None:
                 break
             time.sleep(0.1)
-        pytest.fail(f"`up` did not print {text!r} (exit code {self.process.poll()}):\n"
-                    f"{self.diagnostics()}")  # fmt: skip
+        pytest.fail(
+            f"`up` did not print {text!r} (exit code {self.process.poll()}):\n{self.diagnostics()}"
+        )
 
     def diagnostics(self) -> str:
         """The output's tail and every piece's log, for a failure message."""
@@ -183,8 +200,9 @@ def _stop_and_assert_nothing_left(run: UpRun, signum: signal.Signals) -> None:
     try:
         exit_code = run.process.wait(timeout=STOP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"`up` still running {STOP_TIMEOUT_S}s after {signum.name}:\n"
-                    f"{run.diagnostics()}")  # fmt: skip
+        pytest.fail(
+            f"`up` still running {STOP_TIMEOUT_S}s after {signum.name}:\n{run.diagnostics()}"
+        )
 
     assert exit_code is not None
     assert "stopped." in run.output(), run.diagnostics()
@@ -196,8 +214,10 @@ def _stop_and_assert_nothing_left(run: UpRun, signum: signal.Signals) -> None:
 
 def _auto_batches(output: str) -> list[tuple[int, str]]:
     """(records, flush reason) of each row of the demo's auto-batches table."""
-    row = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-                     r"\s*[│|]\s*(\d+)\s*[│|]\s*(\w+)")  # fmt: skip
+    row = re.compile(
+        r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+        r"\s*[│|]\s*(\d+)\s*[│|]\s*(\w+)"
+    )
     table = output.split("auto-batches", 1)[1] if "auto-batches" in output else ""
     return [(int(records), reason) for records, reason in row.findall(table)]
 

@@ -7,7 +7,7 @@ import uuid
 from typer.testing import CliRunner
 
 from tests.support.system import settings_env
-from writejobs.cli import app
+from writejobs.cli.main import app
 from writejobs.settings import Settings
 
 

@@ -13,7 +13,7 @@ from tests.support.parked import Parked
 from tests.support.system import create_tenant
 from writejobs import task_names
 from writejobs.clock import as_utc, utcnow
-from writejobs.redis_keys import Keys, group_key
+from writejobs.grouping.keys import Keys, group_key
 from writejobs.settings import Settings
 
 
@@ -52,10 +52,14 @@ def test_records_of_different_groups_are_never_in_one_batch(
     parked: Parked, settings: Settings, api_url: str
 ) -> None:
     with parked.tenant.client() as client:
-        record_id = client.post(parked.tenant.write_path(), json={
-            "groupRef": parked.tenant.group_ref, "type": "create",
-            "record": {"email": f"seed-{uuid.uuid4().hex[:8]}@example.com"}},
-        ).json()["result"]["recordId"]  # fmt: skip
+        record_id = client.post(
+            parked.tenant.write_path(),
+            json={
+                "groupRef": parked.tenant.group_ref,
+                "type": "create",
+                "record": {"email": f"seed-{uuid.uuid4().hex[:8]}@example.com"},
+            },
+        ).json()["result"]["recordId"]
     other = create_tenant(parked.settings, parked.tenant.api_url, "http://127.0.0.1:9")
     kinds = {
         parked.write({"email": "a@example.com"}): "contacts|create|1",
@@ -73,7 +77,7 @@ def test_records_of_different_groups_are_never_in_one_batch(
                 "record": {"email": "c@example.com"},
             },
         )
-        kinds[response.json()["operationId"]] = "contacts|create|2"  # fmt: skip
+        kinds[response.json()["operationId"]] = "contacts|create|2"
     claims = parked.wiring.batcher.flush_due(_later(2)).flushed
     assert sorted(len(c.member_ids) for c in claims) == [1, 1, 1, 1]
     assert sorted(kinds[c.member_ids[0]] for c in claims) == sorted(kinds.values())

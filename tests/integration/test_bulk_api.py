@@ -47,7 +47,11 @@ def test_an_inline_csv_is_stored_with_its_operation_and_answered_with_its_id(
             op = get_operation(session, op_id)
             assert op is not None
             assert (op.shape, op.mode, op.write_type, op.object_name) == (
-                "bulk", "bulk", "upsert", "Contact")  # fmt: skip
+                "bulk",
+                "bulk",
+                "upsert",
+                "Contact",
+            )
             # the CSV is kept apart from the row, which holds no record
             assert "recordsCSV" not in op.request
             stored = load_payload(session, op_id)

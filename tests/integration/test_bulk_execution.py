@@ -16,18 +16,18 @@ from sqlalchemy import update
 
 from sandbox.files import contacts_csv
 from tests.support.system import Tenant, create_tenant
-from writejobs.bulk_contract import parse_bulk_request
 from writejobs.clock import utcnow
-from writejobs.deps import ExecutionDeps
-from writejobs.execute import run_operation
-from writejobs.intake import Dispatch, WriteTarget
-from writejobs.intake_bulk import accept_bulk_upsert
-from writejobs.operations import State
+from writejobs.core.bulk_contract import parse_bulk_request
+from writejobs.core.operations import State
+from writejobs.execution.deps import ExecutionDeps
+from writejobs.execution.run import run_operation
+from writejobs.intake.bulk import accept_bulk_upsert
+from writejobs.intake.write import Dispatch, WriteTarget
 from writejobs.providers.salesforce_bulk import SalesforceBulkIngest
+from writejobs.runtime.wiring import Wiring, wire
 from writejobs.settings import Settings
 from writejobs.store import operations_repo
 from writejobs.store.tables import Operation, Project
-from writejobs.wiring import Wiring, wire
 
 KEY = "External_Id__c"
 INGEST = "POST /services/data/v60.0/jobs/ingest"

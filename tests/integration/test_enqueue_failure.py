@@ -9,15 +9,15 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.support.system import Tenant, create_tenant
-from writejobs.bulk_contract import parse_bulk_request
-from writejobs.contract import parse_write_request
-from writejobs.intake import Dispatch, EnqueueFailed, WriteTarget, accept_write
-from writejobs.intake_bulk import accept_bulk_upsert
-from writejobs.operations import State
+from writejobs.core.bulk_contract import parse_bulk_request
+from writejobs.core.contract import parse_write_request
+from writejobs.core.operations import State
+from writejobs.intake.bulk import accept_bulk_upsert
+from writejobs.intake.write import Dispatch, EnqueueFailed, WriteTarget, accept_write
+from writejobs.runtime.wiring import Wiring, wire
 from writejobs.settings import Settings
 from writejobs.store import operations_repo
 from writejobs.store.tables import Operation, Project
-from writejobs.wiring import Wiring, wire
 
 
 def broker_down(_operation_id: str) -> None:
@@ -54,14 +54,23 @@ def test_an_async_write_the_broker_refused_ends_failed(
 ) -> None:
     tenant = create_tenant(settings, "http://api.invalid", sandbox_url)
     recorder: Callable[..., None] | None = wiring.dispatch.record if record else None
-    dispatch = Dispatch(broker_down, wiring.dispatch.buffer_operation,
-                        wiring.dispatch.directory, recorder)  # fmt: skip
-    body = {"groupRef": tenant.group_ref, "type": "create", "mode": "asynchronous",
-            "record": {"email": "ada@example.com"}}  # fmt: skip
+    dispatch = Dispatch(
+        broker_down, wiring.dispatch.buffer_operation, wiring.dispatch.directory, recorder
+    )
+    body = {
+        "groupRef": tenant.group_ref,
+        "type": "create",
+        "mode": "asynchronous",
+        "record": {"email": "ada@example.com"},
+    }
 
     with pytest.raises(EnqueueFailed, match="ConnectionError"):
-        accept_write(target(wiring, tenant, "contacts"), parse_write_request(
-            json.dumps(body).encode()), wiring.deps, dispatch)  # fmt: skip
+        accept_write(
+            target(wiring, tenant, "contacts"),
+            parse_write_request(json.dumps(body).encode()),
+            wiring.deps,
+            dispatch,
+        )
 
     op = only_operation(wiring, tenant)
     assert op.state == State.FAILED
@@ -77,8 +86,9 @@ def test_a_bulk_upsert_the_broker_refused_ends_failed(
     request, content = parse_bulk_request(json.dumps(raw).encode())
 
     with pytest.raises(EnqueueFailed, match="ConnectionError"):
-        accept_bulk_upsert(target(wiring, tenant, "Contact"), request, content, wiring.deps,
-                           dispatch)  # fmt: skip
+        accept_bulk_upsert(
+            target(wiring, tenant, "Contact"), request, content, wiring.deps, dispatch
+        )
 
     op = only_operation(wiring, tenant)
     assert (op.state, op.shape) == (State.FAILED, "bulk")

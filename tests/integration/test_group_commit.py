@@ -37,11 +37,21 @@ def owner(settings: Settings) -> Tenant:
 
 def operation(tenant: Tenant, op_id: str | None = None) -> dict[str, Any]:
     now = utcnow()
-    return {"id": op_id or str(uuid.uuid4()), "project_id": tenant.project_id,
-            "integration_id": tenant.integration_id, "installation_id": tenant.installation_id,
-            "config_id": "c", "object_name": "contacts", "write_type": "create",
-            "mode": "asynchronous", "shape": "single", "request": {}, "state": "queued",
-            "created_at": now, "updated_at": now}  # fmt: skip
+    return {
+        "id": op_id or str(uuid.uuid4()),
+        "project_id": tenant.project_id,
+        "integration_id": tenant.integration_id,
+        "installation_id": tenant.installation_id,
+        "config_id": "c",
+        "object_name": "contacts",
+        "write_type": "create",
+        "mode": "asynchronous",
+        "shape": "single",
+        "request": {},
+        "state": "queued",
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 def run_concurrently(calls: list[Any]) -> list[BaseException | None]:

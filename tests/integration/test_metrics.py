@@ -10,8 +10,8 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.system import Tenant
-from writejobs.metrics import FleetCollector, Metrics
-from writejobs.redis_keys import Keys
+from writejobs.grouping.keys import Keys
+from writejobs.runtime.metrics import FleetCollector, Metrics
 from writejobs.settings import Settings
 from writejobs.store.db import create_session_factory, create_store_engine
 
@@ -37,8 +37,11 @@ def test_a_sync_write_is_counted_at_intake_and_at_the_provider(
 ) -> None:
     before = scrape(api_url)
     with tenant.client() as client:
-        body = {"groupRef": tenant.group_ref, "type": "create",
-                "record": {"email": f"m-{uuid.uuid4().hex[:8]}@example.com"}}  # fmt: skip
+        body = {
+            "groupRef": tenant.group_ref,
+            "type": "create",
+            "record": {"email": f"m-{uuid.uuid4().hex[:8]}@example.com"},
+        }
         assert client.post(tenant.write_path(), json=body).status_code == 200
     after = scrape(api_url)
 
@@ -80,11 +83,20 @@ def test_histograms_are_cumulative_and_counters_add_up_across_recorders(
     engine.dispose()
 
     # then buckets are cumulative, with +Inf holding every value
-    buckets = {s.labels["le"]: s.value for s in families["writejobs_provider_call_seconds"].samples
-               if s.name.endswith("_bucket")}  # fmt: skip
+    buckets = {
+        s.labels["le"]: s.value
+        for s in families["writejobs_provider_call_seconds"].samples
+        if s.name.endswith("_bucket")
+    }
     assert (buckets["0.05"], buckets["0.25"], buckets["5"], buckets["30"], buckets["+Inf"]) == (
-        1, 3, 4, 4, 5)  # fmt: skip
-    retries = [s for s in families["writejobs_retries_scheduled"].samples
-               if s.name.endswith("_total")]  # fmt: skip
+        1,
+        3,
+        4,
+        4,
+        5,
+    )
+    retries = [
+        s for s in families["writejobs_retries_scheduled"].samples if s.name.endswith("_total")
+    ]
     assert [(s.labels, s.value) for s in retries] == [({"kind": "op"}, 3.0)]
     client.delete(keys.metrics)

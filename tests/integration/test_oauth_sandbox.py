@@ -17,10 +17,10 @@ from writejobs.errors import PermanentProviderError
 from writejobs.providers.base import WriteItem, WriteOptions
 from writejobs.providers.connect import open_adapter
 from writejobs.providers.oauth import oauth2_credentials
-from writejobs.secrets import cipher_for
 from writejobs.settings import Settings
 from writejobs.store import tenants_repo
 from writejobs.store.db import create_session_factory, create_store_engine
+from writejobs.store.secrets import cipher_for
 from writejobs.store.tables import Installation
 
 CLIENT_SECRET = "sandbox-client-secret"
@@ -51,9 +51,14 @@ class Store:
                 session, project.id, "crm", "hubspot", now=now
             )
             installation = tenants_repo.create_installation(
-                session, integration, "org-1", base_url, now=now,
-                cipher=cipher_for(self.settings), credentials=credentials,
-            )  # fmt: skip
+                session,
+                integration,
+                "org-1",
+                base_url,
+                now=now,
+                cipher=cipher_for(self.settings),
+                credentials=credentials,
+            )
             session.commit()
             return installation
 

@@ -15,8 +15,8 @@ from starlette.routing import Route
 
 from tests.support.servers import serve_in_thread
 from writejobs.errors import PermanentProviderError
+from writejobs.execution.fetch_guard import open_csv_url
 from writejobs.providers.salesforce_bulk import JobStatus, SalesforceBulkIngest
-from writejobs.safe_fetch import open_csv_url
 
 KEY = "External_Id__c"
 BAD_EMAILS = {17: "not-an-email", 5_000: "ada@", 9_998: "two@@example.com"}

@@ -12,9 +12,15 @@ from writejobs.clock import as_utc, utcnow
 
 def _async_write(p: Parked) -> str:
     with p.tenant.client() as client:
-        response = client.post(p.tenant.write_path(), json={
-            "groupRef": p.tenant.group_ref, "type": "create", "mode": "asynchronous",
-            "record": {"email": "w@example.com"}})  # fmt: skip
+        response = client.post(
+            p.tenant.write_path(),
+            json={
+                "groupRef": p.tenant.group_ref,
+                "type": "create",
+                "mode": "asynchronous",
+                "record": {"email": "w@example.com"},
+            },
+        )
     assert response.status_code == 200
     return str(response.json()["operationId"])
 

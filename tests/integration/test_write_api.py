@@ -31,8 +31,10 @@ def _fill(example: dict[str, Any], tenant: Tenant, record_id: str | None) -> dic
 
 
 def _create(client: httpx.Client, tenant: Tenant) -> str:
-    response = client.post(tenant.write_path(), json={
-        "groupRef": tenant.group_ref, "type": "create", "record": {"email": _email()}})  # fmt: skip
+    response = client.post(
+        tenant.write_path(),
+        json={"groupRef": tenant.group_ref, "type": "create", "record": {"email": _email()}},
+    )
     assert response.status_code == 200, response.text
     return str(response.json()["result"]["recordId"])
 
@@ -65,8 +67,9 @@ def test_sync_create_puts_the_record_in_the_sandbox(tenant: Tenant, sandbox_url:
         body = {"groupRef": tenant.group_ref, "type": "create", "record": {"email": email}}
         response = client.post(tenant.write_path(), json=body)
     record_id = response.json()["result"]["recordId"]
-    stored = httpx.get(f"{sandbox_url}/crm/v3/objects/contacts/{record_id}",
-                       headers={"Authorization": "Bearer x"})  # fmt: skip
+    stored = httpx.get(
+        f"{sandbox_url}/crm/v3/objects/contacts/{record_id}", headers={"Authorization": "Bearer x"}
+    )
     assert stored.status_code == 200
     assert stored.json()["properties"]["email"] == email
 
@@ -76,8 +79,10 @@ def test_sync_batch_with_one_rejected_record_returns_per_record_results(tenant: 
     batch = [{"record": {"email": _email()}} for _ in range(5)]
     batch[2]["record"]["email"] = "not-an-email"
     with tenant.client() as client:
-        response = client.post(tenant.write_path(), json={
-            "groupRef": tenant.group_ref, "type": "create", "batch": batch})  # fmt: skip
+        response = client.post(
+            tenant.write_path(),
+            json={"groupRef": tenant.group_ref, "type": "create", "batch": batch},
+        )
         # Then the good four succeed and the bad one fails with HubSpot's message
         assert response.status_code == 200, response.text
         assert_write_response(response)
@@ -95,9 +100,14 @@ def test_sync_batch_with_one_rejected_record_returns_per_record_results(tenant: 
 
 def test_sync_single_rejected_record_is_a_422_in_the_contract_shape(tenant: Tenant) -> None:
     with tenant.client() as client:
-        response = client.post(tenant.write_path(), json={
-            "groupRef": tenant.group_ref, "type": "update",
-            "record": {"id": "999999999", "email": _email()}})  # fmt: skip
+        response = client.post(
+            tenant.write_path(),
+            json={
+                "groupRef": tenant.group_ref,
+                "type": "update",
+                "record": {"id": "999999999", "email": _email()},
+            },
+        )
     assert response.status_code == 422
     assert_write_response(response)
     assert response.json()["result"] == {"success": False}
@@ -105,8 +115,10 @@ def test_sync_single_rejected_record_is_a_422_in_the_contract_shape(tenant: Tena
 
 def test_delete_without_deletion_enabled_is_refused_with_a_clear_400(tenant: Tenant) -> None:
     with tenant.client() as client:
-        response = client.post(tenant.write_path("companies"), json={
-            "groupRef": tenant.group_ref, "type": "delete", "record": {"id": "1"}})  # fmt: skip
+        response = client.post(
+            tenant.write_path("companies"),
+            json={"groupRef": tenant.group_ref, "type": "delete", "record": {"id": "1"}},
+        )
     assert response.status_code == 400
     assert_write_response(response)
     assert "deletion is not enabled for object 'companies'" in response.text
@@ -119,33 +131,65 @@ def test_delete_where_enabled_removes_the_record(tenant: Tenant, sandbox_url: st
         response = client.post(tenant.write_path(), json=body)
     assert response.status_code == 200, response.text
     assert response.json()["result"] == {"success": True}
-    gone = httpx.get(f"{sandbox_url}/crm/v3/objects/contacts/{record_id}",
-                     headers={"Authorization": "Bearer x"})  # fmt: skip
+    gone = httpx.get(
+        f"{sandbox_url}/crm/v3/objects/contacts/{record_id}", headers={"Authorization": "Bearer x"}
+    )
     assert gone.status_code == 404
 
 
 BAD_REQUESTS: list[tuple[str, bytes | dict[str, Any], str]] = [
     ("malformed JSON", b'{"groupRef": ', "not valid JSON"),
     ("missing groupRef", {"type": "create", "record": {}}, "groupRef is required"),
-    ("batch of 101", {"groupRef": "G", "type": "create",
-                      "batch": [{"record": {}}] * 101}, "batch must have at most 100 items"),
-    ("record and batch", {"groupRef": "G", "type": "create", "record": {},
-                          "batch": [{"record": {}}]}, "either record or batch, not both"),
-    ("autoBatchPolicy with sync mode", {"groupRef": "G", "type": "create", "mode": "synchronous",
-                                        "autoBatchPolicy": {"maxDelayMinutes": 1}, "record": {}},
-     "autoBatchPolicy requires mode asynchronous"),
+    (
+        "batch of 101",
+        {"groupRef": "G", "type": "create", "batch": [{"record": {}}] * 101},
+        "batch must have at most 100 items",
+    ),
+    (
+        "record and batch",
+        {"groupRef": "G", "type": "create", "record": {}, "batch": [{"record": {}}]},
+        "either record or batch, not both",
+    ),
+    (
+        "autoBatchPolicy with sync mode",
+        {
+            "groupRef": "G",
+            "type": "create",
+            "mode": "synchronous",
+            "autoBatchPolicy": {"maxDelayMinutes": 1},
+            "record": {},
+        },
+        "autoBatchPolicy requires mode asynchronous",
+    ),
     ("neither record nor batch", {"groupRef": "G", "type": "create"}, "record or batch"),
     ("unknown type", {"groupRef": "G", "type": "upsert", "record": {}}, "type must be one of"),
-    ("update without id", {"groupRef": "G", "type": "update", "record": {"x": 1}},
-     "record.id is required for update"),
-    ("maxDelayMinutes out of range", {"groupRef": "G", "type": "create", "mode": "asynchronous",
-                                      "autoBatchPolicy": {"maxDelayMinutes": 0}, "record": {}},
-     "autoBatchPolicy.maxDelayMinutes must be at least 1"),
-    ("async delete", {"groupRef": "G", "type": "delete", "mode": "asynchronous",
-                      "record": {"id": "1"}}, "delete is synchronous only"),
-    ("unknown groupRef", {"groupRef": "nobody", "type": "create", "record": {}},
-     "groupRef 'nobody' has no installation"),
-]  # fmt: skip
+    (
+        "update without id",
+        {"groupRef": "G", "type": "update", "record": {"x": 1}},
+        "record.id is required for update",
+    ),
+    (
+        "maxDelayMinutes out of range",
+        {
+            "groupRef": "G",
+            "type": "create",
+            "mode": "asynchronous",
+            "autoBatchPolicy": {"maxDelayMinutes": 0},
+            "record": {},
+        },
+        "autoBatchPolicy.maxDelayMinutes must be at least 1",
+    ),
+    (
+        "async delete",
+        {"groupRef": "G", "type": "delete", "mode": "asynchronous", "record": {"id": "1"}},
+        "delete is synchronous only",
+    ),
+    (
+        "unknown groupRef",
+        {"groupRef": "nobody", "type": "create", "record": {}},
+        "groupRef 'nobody' has no installation",
+    ),
+]
 
 
 @pytest.mark.parametrize(
@@ -158,8 +202,9 @@ def test_bad_requests_are_400_text_naming_the_problem(
         body = {**body, "groupRef": tenant.group_ref}
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     with tenant.client() as client:
-        response = client.post(tenant.write_path(), content=content,
-                               headers={"Content-Type": "application/json"})  # fmt: skip
+        response = client.post(
+            tenant.write_path(), content=content, headers={"Content-Type": "application/json"}
+        )
     assert response.status_code == 400, response.text
     assert_write_response(response)
     assert response.headers["content-type"].startswith("text/plain")
@@ -169,8 +214,11 @@ def test_bad_requests_are_400_text_naming_the_problem(
 @pytest.mark.parametrize("api_key", [None, "wj_wrong"], ids=["missing key", "wrong key"])
 def test_missing_or_wrong_api_key_is_401_problem(tenant: Tenant, api_key: str | None) -> None:
     headers = {} if api_key is None else {"X-Api-Key": api_key}
-    response = httpx.post(tenant.api_url + tenant.write_path(), headers=headers, json={
-        "groupRef": tenant.group_ref, "type": "create", "record": {}})  # fmt: skip
+    response = httpx.post(
+        tenant.api_url + tenant.write_path(),
+        headers=headers,
+        json={"groupRef": tenant.group_ref, "type": "create", "record": {}},
+    )
     body = assert_problem(response, 401)
     assert body["subsystem"] == "api" and body["requestId"]
 
@@ -182,9 +230,10 @@ def test_a_key_cannot_read_another_projects_operation(
 
     other = create_tenant(settings, api_url, sandbox_url)
     with tenant.client() as client:
-        op_id = client.post(tenant.write_path(), json={
-            "groupRef": tenant.group_ref, "type": "create",
-            "record": {"email": _email()}}).json()["operationId"]  # fmt: skip
+        op_id = client.post(
+            tenant.write_path(),
+            json={"groupRef": tenant.group_ref, "type": "create", "record": {"email": _email()}},
+        ).json()["operationId"]
     with other.client() as client:
         # Through other's own project path: unknown there
         assert_problem(client.get(other.operation_path(op_id)), 404)
@@ -192,16 +241,18 @@ def test_a_key_cannot_read_another_projects_operation(
         # Through tenant's project path with other's key: not other's project
         assert_problem(client.get(tenant.operation_path(op_id)), 404)
         # Writing into tenant's project with other's key
-        response = client.post(tenant.write_path(), json={
-            "groupRef": tenant.group_ref, "type": "create", "record": {}})  # fmt: skip
+        response = client.post(
+            tenant.write_path(), json={"groupRef": tenant.group_ref, "type": "create", "record": {}}
+        )
         assert_problem(response, 404)
 
 
 def test_unknown_integration_is_404_problem(tenant: Tenant) -> None:
     path = f"/v1/projects/{tenant.project_id}/integrations/nope/objects/contacts"
     with tenant.client() as client:
-        response = client.post(path, json={"groupRef": tenant.group_ref, "type": "create",
-                                           "record": {}})  # fmt: skip
+        response = client.post(
+            path, json={"groupRef": tenant.group_ref, "type": "create", "record": {}}
+        )
     assert_problem(response, 404)
 
 

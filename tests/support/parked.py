@@ -14,9 +14,9 @@ import redis
 from api_shim.app import create_app
 from tests.support.servers import serve_in_thread
 from tests.support.system import Tenant, create_tenant
+from writejobs.runtime.wiring import Wiring, wire
 from writejobs.settings import Settings
 from writejobs.store import operations_repo
-from writejobs.wiring import Wiring, wire
 
 
 @dataclass
@@ -35,13 +35,26 @@ class Parked:
             out.append((message["headers"]["task"], args))
         return out
 
-    def write(self, record: dict[str, Any], *, delay_min: int = 1, type_: str = "create",
-              object_name: str = "contacts", group_ref: str | None = None) -> str:  # fmt: skip
+    def write(
+        self,
+        record: dict[str, Any],
+        *,
+        delay_min: int = 1,
+        type_: str = "create",
+        object_name: str = "contacts",
+        group_ref: str | None = None,
+    ) -> str:
         with self.tenant.client() as client:
-            response = client.post(self.tenant.write_path(object_name), json={
-                "groupRef": group_ref or self.tenant.group_ref, "type": type_,
-                "mode": "asynchronous", "autoBatchPolicy": {"maxDelayMinutes": delay_min},
-                "record": record})  # fmt: skip
+            response = client.post(
+                self.tenant.write_path(object_name),
+                json={
+                    "groupRef": group_ref or self.tenant.group_ref,
+                    "type": type_,
+                    "mode": "asynchronous",
+                    "autoBatchPolicy": {"maxDelayMinutes": delay_min},
+                    "record": record,
+                },
+            )
         assert response.status_code == 200, response.text
         return str(response.json()["operationId"])
 
@@ -52,8 +65,9 @@ class Parked:
 
 def parked_system(settings: Settings, sandbox_url: str) -> Iterator[Parked]:
     run = uuid.uuid4().hex[:8]
-    own = settings.model_copy(update={"celery_queue": f"parked-{run}",
-                                      "redis_namespace": f"wjab-{run}"})  # fmt: skip
+    own = settings.model_copy(
+        update={"celery_queue": f"parked-{run}", "redis_namespace": f"wjab-{run}"}
+    )
     wiring = wire(own)
     with serve_in_thread(create_app(own, wiring=wiring)) as api_url:
         tenant = create_tenant(own, api_url, sandbox_url)

@@ -23,10 +23,10 @@ import httpx
 
 from writejobs.clock import utcnow
 from writejobs.providers.oauth import bearer_credentials
-from writejobs.secrets import cipher_for
 from writejobs.settings import Settings
 from writejobs.store import tenants_repo
 from writejobs.store.db import create_session_factory, create_store_engine
+from writejobs.store.secrets import cipher_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -221,12 +221,18 @@ def create_tenant(
             )
             group_ref = f"org-{uuid.uuid4().hex[:8]}"
             installation = tenants_repo.create_installation(
-                session, integration, group_ref, sandbox_url, now=now,
-                cipher=cipher_for(settings), credentials=bearer_credentials("test-token"),
+                session,
+                integration,
+                group_ref,
+                sandbox_url,
+                now=now,
+                cipher=cipher_for(settings),
+                credentials=bearer_credentials("test-token"),
                 deletable_objects=deletable or [],
-            )  # fmt: skip
+            )
             session.commit()
-            return Tenant(api_url, project.id, name, key.plain_key, integration.id,
-                          installation.id, group_ref)  # fmt: skip
+            return Tenant(
+                api_url, project.id, name, key.plain_key, integration.id, installation.id, group_ref
+            )
     finally:
         engine.dispose()

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from writejobs.bulk_contract import (
+from writejobs.core.bulk_contract import (
     MAX_HEADER_BYTES,
     MAX_INLINE_CSV_BYTES,
     CsvRejected,

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from writejobs.core.retry import next_attempt_at
 from writejobs.providers.http_common import parse_retry_after
-from writejobs.retry import next_attempt_at
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 FAR = NOW + timedelta(hours=48)

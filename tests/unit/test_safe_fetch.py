@@ -14,7 +14,7 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.support.servers import serve_in_thread
-from writejobs.safe_fetch import FetchFailed, UnsafeUrl, open_csv_url
+from writejobs.execution.fetch_guard import FetchFailed, UnsafeUrl, open_csv_url
 
 LOOPBACK = frozenset({"127.0.0.1"})
 MiB = 1024 * 1024

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from writejobs.secrets import (
+from writejobs.settings import Settings
+from writejobs.store.secrets import (
     CredentialCipher,
     CredentialsUnreadable,
     cipher_for,
     key_file,
     load_or_create_key,
 )
-from writejobs.settings import Settings
 
 CREDENTIALS = {"type": "bearer", "access_token": "tok-123"}
 

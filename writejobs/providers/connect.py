@@ -29,10 +29,10 @@ from writejobs.providers.base import ProviderAdapter
 from writejobs.providers.oauth import InstallationAuth
 from writejobs.providers.registry import build_adapter
 from writejobs.providers.salesforce_bulk import SalesforceBulkIngest
-from writejobs.secrets import CredentialsUnreadable, cipher_for
 from writejobs.settings import Settings
 from writejobs.store import tenants_repo
 from writejobs.store.db import create_session_factory, create_store_engine
+from writejobs.store.secrets import CredentialsUnreadable, cipher_for
 from writejobs.store.tables import Installation
 
 log = logging.getLogger(__name__)

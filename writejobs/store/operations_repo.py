@@ -13,7 +13,7 @@ from sqlalchemy import ColumnElement, Table, and_, delete, insert, or_, select, 
 from sqlalchemy.orm import Session
 
 from writejobs.clock import as_utc, iso
-from writejobs.operations import ALLOWED_FROM, State
+from writejobs.core.operations import ALLOWED_FROM, State
 from writejobs.store.tables import Operation, OperationLog, OperationPayload
 
 log = logging.getLogger(__name__)
@@ -218,10 +218,15 @@ def take_batch(
     statement = (
         update(Operation)
         .where(Operation.batch_id == batch_id, can_run)
-        .values(state=State.RUNNING.value, attempts=Operation.attempts + 1, last_attempt_at=now,
-                lease_expires_at=now + timedelta(seconds=lease_s), updated_at=now)
+        .values(
+            state=State.RUNNING.value,
+            attempts=Operation.attempts + 1,
+            last_attempt_at=now,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+            updated_at=now,
+        )
         .returning(Operation.id)
-    )  # fmt: skip
+    )
     taken = list(session.scalars(statement, execution_options=_NO_SYNC))
     session.commit()
     if not taken:

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from writejobs.secrets import CredentialCipher
+from writejobs.store.secrets import CredentialCipher
 from writejobs.store.tables import ApiKey, Installation, Integration, Project
 
 API_KEY_PREFIX = "wj_"

@@ -22,10 +22,14 @@ if TYPE_CHECKING:
     from writejobs.store.tables import Project
 
 console = Console()
-app = typer.Typer(help="writejobs: asynchronous write jobs to your customers' SaaS apps.",
-                  no_args_is_help=True, add_completion=False)  # fmt: skip
-admin = typer.Typer(help="Create projects, API keys, integrations and installations.",
-                    no_args_is_help=True)  # fmt: skip
+app = typer.Typer(
+    help="writejobs: asynchronous write jobs to your customers' SaaS apps.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+admin = typer.Typer(
+    help="Create projects, API keys, integrations and installations.", no_args_is_help=True
+)
 app.add_typer(admin, name="admin")
 
 
@@ -41,10 +45,10 @@ def up(
 ) -> None:
     """Start everything on this machine: Redis (embedded if unset), API, worker, scheduler,
     Flower and the sandbox provider. Ctrl-C stops them all."""
-    from writejobs.bootstrap import ensure_demo
-    from writejobs.embedded_redis import EmbeddedRedis
+    from writejobs.cli.bootstrap import ensure_demo
+    from writejobs.cli.embedded_redis import EmbeddedRedis
+    from writejobs.cli.supervisor import Supervisor, python_module
     from writejobs.store.migrate import migrate
-    from writejobs.supervisor import Supervisor, python_module
 
     settings = load_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -68,30 +72,38 @@ def up(
         # The demo's bulk upsert fetches its CSV from the sandbox, over plain http.
         env["WRITEJOBS_FETCH_ALLOWED_HTTP_HOSTS"] = "localhost"
         console.print("demo: recordsURL may name http://localhost (the sandbox's files)")
-    child_settings = Settings(redis_url=env["WRITEJOBS_REDIS_URL"], data_dir=settings.data_dir,
-                              database_url=settings.database_url)  # fmt: skip
+    child_settings = Settings(
+        redis_url=env["WRITEJOBS_REDIS_URL"],
+        data_dir=settings.data_dir,
+        database_url=settings.database_url,
+    )
     supervisor = Supervisor(env=env, log_dir=str(settings.data_dir))
     try:
         migrate(child_settings)
         api_url = f"http://{settings.api_host}:{settings.api_port}"
         sandbox_url = f"http://127.0.0.1:{settings.sandbox_port}"
         flower_url = f"http://127.0.0.1:{settings.flower_port}"
-        details = ensure_demo(child_settings, api_url=api_url, sandbox_url=sandbox_url,
-                              flower_url=flower_url)  # fmt: skip
+        details = ensure_demo(
+            child_settings, api_url=api_url, sandbox_url=sandbox_url, flower_url=flower_url
+        )
         supervisor.start("sandbox", python_module("writejobs", "sandbox"))
         supervisor.start("api", python_module("writejobs", "api"))
         supervisor.start("worker", python_module("writejobs", "worker"))
         supervisor.start("scheduler", python_module("writejobs", "scheduler"))
         supervisor.start("flower", python_module("writejobs", "flower"))
         ready = _wait_ready(
-            {"api": f"{api_url}/readyz", "sandbox": f"{sandbox_url}/_sandbox/stats",
-             "flower": f"{flower_url}/healthcheck"},
-            supervisor, stop,
-        )  # fmt: skip
+            {
+                "api": f"{api_url}/readyz",
+                "sandbox": f"{sandbox_url}/_sandbox/stats",
+                "flower": f"{flower_url}/healthcheck",
+            },
+            supervisor,
+            stop,
+        )
         if ready:
             _print_urls(details, settings)
             if demo:
-                from writejobs.demo import run_demo
+                from writejobs.cli.demo import run_demo
 
                 run_demo(details, console, stop)
             if not stop.is_set():
@@ -113,9 +125,10 @@ def up(
         console.print("stopped.")
 
 
-def _wait_ready(urls: dict[str, str], supervisor: object, stop: threading.Event,
-                timeout_s: float = 90.0) -> bool:  # fmt: skip
-    from writejobs.supervisor import Supervisor
+def _wait_ready(
+    urls: dict[str, str], supervisor: object, stop: threading.Event, timeout_s: float = 90.0
+) -> bool:
+    from writejobs.cli.supervisor import Supervisor
 
     assert isinstance(supervisor, Supervisor)
     pending = dict(urls)
@@ -157,21 +170,36 @@ def api() -> None:
     import uvicorn
 
     from api_shim.app import create_app
-    from writejobs.logging_setup import configure_logging
+    from writejobs.runtime.log_config import configure_logging
 
     settings = load_settings()
     configure_logging(settings)
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port,
-                log_level=settings.log_level.lower(), access_log=False)  # fmt: skip
+    uvicorn.run(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
 
 
 @app.command()
 def worker() -> None:
     """Run a Celery worker (prefork, late acks, prefetch 1)."""
     settings = load_settings()
-    _exec_celery("worker", "--loglevel", settings.log_level, "--concurrency",
-                 str(settings.worker_concurrency), "--queues", settings.celery_queue,
-                 "--hostname", f"writejobs-{os.getpid()}@%h", "--pool", "prefork")  # fmt: skip
+    _exec_celery(
+        "worker",
+        "--loglevel",
+        settings.log_level,
+        "--concurrency",
+        str(settings.worker_concurrency),
+        "--queues",
+        settings.celery_queue,
+        "--hostname",
+        f"writejobs-{os.getpid()}@%h",
+        "--pool",
+        "prefork",
+    )
 
 
 @app.command()
@@ -191,7 +219,7 @@ def _exec_celery(*args: str) -> None:
 def scheduler() -> None:
     """Run the auto-batch grouper and recovery sweeps (any number may run side by side)."""
     from scheduler.main import run_scheduler
-    from writejobs.logging_setup import configure_logging
+    from writejobs.runtime.log_config import configure_logging
 
     settings = load_settings()
     configure_logging(settings)
@@ -206,8 +234,13 @@ def sandbox() -> None:
     from sandbox.app import create_app
 
     settings = load_settings()
-    uvicorn.run(create_app(), host="127.0.0.1", port=settings.sandbox_port,
-                log_level="warning", access_log=False)  # fmt: skip
+    uvicorn.run(
+        create_app(),
+        host="127.0.0.1",
+        port=settings.sandbox_port,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 @app.command()
@@ -290,8 +323,8 @@ def create_installation(
     `--client-secret`, and `--refresh-token` for the refresh-token grant); they
     are stored encrypted and never printed."""
     from writejobs.clock import utcnow
-    from writejobs.secrets import cipher_for
     from writejobs.store import tenants_repo
+    from writejobs.store.secrets import cipher_for
 
     credentials = _credentials(token, client_id, client_secret, token_url, refresh_token)
     with _sessions() as session:
@@ -305,10 +338,15 @@ def create_installation(
                 f"an AvePoint Opus base URL ends in /records (…/records), not {base_url!r}"
             )
         installation = tenants_repo.create_installation(
-            session, integ, group_ref, base_url, now=utcnow(),
-            cipher=cipher_for(load_settings()), credentials=credentials,
+            session,
+            integ,
+            group_ref,
+            base_url,
+            now=utcnow(),
+            cipher=cipher_for(load_settings()),
+            credentials=credentials,
             deletable_objects=list(deletable or []),
-        )  # fmt: skip
+        )
         session.commit()
         console.print(installation.id)
 
@@ -318,8 +356,12 @@ def _credentials(
 ) -> dict[str, Any]:
     from writejobs.providers.oauth import bearer_credentials, oauth2_credentials
 
-    oauth = {"--client-id": client_id, "--client-secret": client_secret,
-             "--token-url": token_url, "--refresh-token": refresh_token}  # fmt: skip
+    oauth = {
+        "--client-id": client_id,
+        "--client-secret": client_secret,
+        "--token-url": token_url,
+        "--refresh-token": refresh_token,
+    }
     if not any(oauth.values()):
         return bearer_credentials(token) if token else {}
     if token:

@@ -30,14 +30,19 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from writejobs.bulk_contract import MAX_URL_CSV_BYTES, CsvRejected, StoredBulkRequest, checked_csv
 from writejobs.clock import as_utc, iso
-from writejobs.deps import ExecutionDeps
+from writejobs.core.bulk_contract import (
+    MAX_URL_CSV_BYTES,
+    CsvRejected,
+    StoredBulkRequest,
+    checked_csv,
+)
+from writejobs.core.operations import State, outcome_state
+from writejobs.core.retry import next_attempt_at
 from writejobs.errors import PermanentProviderError, ProviderError
-from writejobs.operations import State, outcome_state
+from writejobs.execution.deps import ExecutionDeps
+from writejobs.execution.fetch_guard import FetchFailed, UnsafeUrl, open_csv_url
 from writejobs.providers.salesforce_bulk import JobStatus, SalesforceBulkIngest
-from writejobs.retry import next_attempt_at
-from writejobs.safe_fetch import FetchFailed, UnsafeUrl, open_csv_url
 from writejobs.store import operations_repo, tenants_repo
 from writejobs.store.tables import Operation
 
@@ -66,9 +71,12 @@ def run_bulk_attempt(session: Session, op: Operation, deps: ExecutionDeps) -> St
     installation = tenants_repo.get_installation(session, op.installation_id)
     assert installation is not None
     operations_repo.add_log(
-        session, op.id, "attempt started", now=deps.clock(),
+        session,
+        op.id,
+        "attempt started",
+        now=deps.clock(),
         details={"attempt": op.attempts, "job": op.provider_job_id or "new"},
-    )  # fmt: skip
+    )
     session.commit()
     lease = _LeaseKeeper(session, op.id, deps)
     try:
@@ -109,17 +117,25 @@ def _resume(
     except PermanentProviderError:
         status = JobStatus(job_id, state="Gone")
     if status.state in ("UploadComplete", "InProgress", "JobComplete", "Failed"):
-        operations_repo.add_log(session, op.id, f"following Salesforce job {job_id}",
-                                now=deps.clock(), details={"state": status.state})  # fmt: skip
+        operations_repo.add_log(
+            session,
+            op.id,
+            f"following Salesforce job {job_id}",
+            now=deps.clock(),
+            details={"state": status.state},
+        )
         session.commit()
         return status
     # Open: its upload was cut off; Aborted or gone: nothing to follow. Start again.
     if status.state == "Open":
         _abort_quietly(ingest, job_id)
     operations_repo.add_log(
-        session, op.id, f"Salesforce job {job_id} of an earlier attempt was {status.state}: "
-        "starting a new job", now=deps.clock(), severity="WARNING",
-    )  # fmt: skip
+        session,
+        op.id,
+        f"Salesforce job {job_id} of an earlier attempt was {status.state}: starting a new job",
+        now=deps.clock(),
+        severity="WARNING",
+    )
     operations_repo.set_provider_job(session, op.id, None)
     return None
 
@@ -145,9 +161,12 @@ def _start(
             _abandon(session, op, ingest, job_id)
             raise
     operations_repo.add_log(
-        session, op.id, f"CSV uploaded to Salesforce job {job_id}", now=deps.clock(),
+        session,
+        op.id,
+        f"CSV uploaded to Salesforce job {job_id}",
+        now=deps.clock(),
         details={"bytes": lease.bytes_sent, "source": source, "state": status.state},
-    )  # fmt: skip
+    )
     session.commit()
     log.info("operation %s: %d bytes uploaded to job %s", op.id, lease.bytes_sent, job_id)
     return status
@@ -218,16 +237,26 @@ def _finish(
         errors.insert(0, message)
         summary = f"[{op.object_name}] Bulk upsert failed: {message} ({written} rows written)"
     operations_repo.add_log(
-        session, op.id, f"write finished: {state.value}", now=now,
+        session,
+        op.id,
+        f"write finished: {state.value}",
+        now=now,
         severity="INFO" if state is State.SUCCEEDED else "WARNING",
         details={"succeeded": written, "failed": failed, "job": job, "job_state": status.state},
-    )  # fmt: skip
+    )
     operations_repo.delete_payload(session, op.id)
     operations_repo.transition(
-        session, op.id, state, now=now, record_count=status.records_processed,
-        success_count=written, failure_count=failed, errors=errors or None,
-        result_summary=summary, next_attempt_at=None,
-    )  # fmt: skip
+        session,
+        op.id,
+        state,
+        now=now,
+        record_count=status.records_processed,
+        success_count=written,
+        failure_count=failed,
+        errors=errors or None,
+        result_summary=summary,
+        next_attempt_at=None,
+    )
     log.info("operation %s: %s (%d written, %d failed)", op.id, state.value, written, failed)
     return state
 
@@ -251,15 +280,28 @@ def _log_failed_rows(
             continue
         key = _value_of(row, primary_key)
         message = row.get("sf__Error", "") or "refused without a message"
-        rows.append({"operation_id": op.id, "timestamp": now, "severity": "ERROR",
-                     "msg": "row failed", "error": message,
-                     "details": {primary_key: key, "sf__Id": row.get("sf__Id", "")}})  # fmt: skip
+        rows.append(
+            {
+                "operation_id": op.id,
+                "timestamp": now,
+                "severity": "ERROR",
+                "msg": "row failed",
+                "error": message,
+                "details": {primary_key: key, "sf__Id": row.get("sf__Id", "")},
+            }
+        )
         if len(errors) < MAX_ERRORS:
             errors.append(f"{primary_key} {key}: {message}")
     if refused > MAX_ROW_LOGS:
-        rows.append({"operation_id": op.id, "timestamp": now, "severity": "WARNING",
-                     "msg": f"{refused - MAX_ROW_LOGS} more failed rows are not logged: "
-                            f"read them from Salesforce job {job_id}'s failedResults"})  # fmt: skip
+        rows.append(
+            {
+                "operation_id": op.id,
+                "timestamp": now,
+                "severity": "WARNING",
+                "msg": f"{refused - MAX_ROW_LOGS} more failed rows are not logged: "
+                f"read them from Salesforce job {job_id}'s failedResults",
+            }
+        )
     operations_repo.add_logs(session, rows)
     return errors
 
@@ -285,13 +327,21 @@ def _log_written_rows(
                 updated += 1
     except ProviderError as exc:
         operations_repo.add_log(
-            session, op.id, "could not read which rows were created", now=deps.clock(),
-            severity="WARNING", error=exc.message,
-        )  # fmt: skip
+            session,
+            op.id,
+            "could not read which rows were created",
+            now=deps.clock(),
+            severity="WARNING",
+            error=exc.message,
+        )
         return
-    operations_repo.add_log(session, op.id, f"rows written: {created} created, {updated} updated",
-                            now=deps.clock(), details={"created": created, "updated": updated,
-                                                       "job": job_id})  # fmt: skip
+    operations_repo.add_log(
+        session,
+        op.id,
+        f"rows written: {created} created, {updated} updated",
+        now=deps.clock(),
+        details={"created": created, "updated": updated, "job": job_id},
+    )
 
 
 def _value_of(row: dict[str, Any], column: str) -> str:
@@ -312,13 +362,24 @@ def _retry_or_expire(
     if at is None:
         return _expire(session, op, message, deps, None)
     operations_repo.add_log(
-        session, op.id, f"retrying at {iso(at)}", now=now, severity="WARNING", error=message,
+        session,
+        op.id,
+        f"retrying at {iso(at)}",
+        now=now,
+        severity="WARNING",
+        error=message,
         details={"delay_s": round((at - now).total_seconds(), 3), "attempt": op.attempts},
-    )  # fmt: skip
+    )
     operations_repo.transition(
-        session, op.id, State.RETRYING, now=now, next_attempt_at=at, backoff_failures=failures,
-        last_error=message, result_summary=f"[{op.object_name}] Retrying: {message}",
-    )  # fmt: skip
+        session,
+        op.id,
+        State.RETRYING,
+        now=now,
+        next_attempt_at=at,
+        backoff_failures=failures,
+        last_error=message,
+        result_summary=f"[{op.object_name}] Retrying: {message}",
+    )
     deps.schedule_retry("op", op.id, at)
     return State.RETRYING
 
@@ -329,14 +390,28 @@ def _expire(
     now = deps.clock()
     message = f"deadline exceeded; {why}"
     written = 0 if status is None else max(0, status.records_processed - status.records_failed)
-    operations_repo.add_log(session, op.id, "deadline exceeded", now=now, severity="ERROR",
-                            error=why, details={"rows_written": written})  # fmt: skip
+    operations_repo.add_log(
+        session,
+        op.id,
+        "deadline exceeded",
+        now=now,
+        severity="ERROR",
+        error=why,
+        details={"rows_written": written},
+    )
     operations_repo.delete_payload(session, op.id)
     operations_repo.transition(
-        session, op.id, State.EXPIRED, now=now, errors=[message], success_count=written,
-        failure_count=0 if status is None else status.records_failed, last_error=why,
-        result_summary=f"[{op.object_name}] {message}", next_attempt_at=None,
-    )  # fmt: skip
+        session,
+        op.id,
+        State.EXPIRED,
+        now=now,
+        errors=[message],
+        success_count=written,
+        failure_count=0 if status is None else status.records_failed,
+        last_error=why,
+        result_summary=f"[{op.object_name}] {message}",
+        next_attempt_at=None,
+    )
     return State.EXPIRED
 
 
@@ -350,14 +425,25 @@ def _fail(
 ) -> State:
     now = deps.clock()
     operations_repo.add_log(
-        session, op.id, "bulk upsert failed", now=now, severity="ERROR", error=message,
+        session,
+        op.id,
+        "bulk upsert failed",
+        now=now,
+        severity="ERROR",
+        error=message,
         details={"http_status": status_code or "none"},
-    )  # fmt: skip
+    )
     operations_repo.delete_payload(session, op.id)
     operations_repo.transition(
-        session, op.id, State.FAILED, now=now, errors=[message], last_error=message,
-        result_summary=f"[{op.object_name}] Bulk upsert failed: {message}", next_attempt_at=None,
-    )  # fmt: skip
+        session,
+        op.id,
+        State.FAILED,
+        now=now,
+        errors=[message],
+        last_error=message,
+        result_summary=f"[{op.object_name}] Bulk upsert failed: {message}",
+        next_attempt_at=None,
+    )
     log.info("operation %s: failed", op.id)
     return State.FAILED
 

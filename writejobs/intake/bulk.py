@@ -4,7 +4,7 @@ Like every write, it is an operation row (and, for an inline CSV, the CSV in
 `operation_payloads`) committed before the client hears its id. A `recordsURL`
 is checked here as far as it can be without fetching it: scheme, and the
 addresses its host resolves to. Its redirects, if any, are checked by the worker
-on the way, hop by hop (`writejobs.safe_fetch`).
+on the way, hop by hop (`writejobs.execution.fetch_guard`).
 """
 
 from __future__ import annotations
@@ -14,20 +14,20 @@ from datetime import timedelta
 
 import httpx
 
-from writejobs.bulk_contract import BulkUpsertRequest
-from writejobs.contract import RetryPolicy
-from writejobs.deps import ExecutionDeps
+from writejobs.core.bulk_contract import BulkUpsertRequest
+from writejobs.core.contract import RetryPolicy
+from writejobs.core.operations import State
 from writejobs.errors import ContractError
-from writejobs.intake import (
+from writejobs.execution.deps import ExecutionDeps
+from writejobs.execution.fetch_guard import FetchFailed, UnsafeUrl, check_url
+from writejobs.intake.write import (
     Dispatch,
     EnqueueFailed,
     WriteTarget,
     find_installation,
     new_operation,
 )
-from writejobs.operations import State
 from writejobs.providers.salesforce import PROVIDER as SALESFORCE
-from writejobs.safe_fetch import FetchFailed, UnsafeUrl, check_url
 from writejobs.store import operations_repo
 from writejobs.store.tables import Installation, Operation
 
@@ -63,12 +63,17 @@ def accept_bulk_upsert(
         if csv_content is not None:
             operations_repo.store_payload(session, op.id, csv_content)
         source = "recordsCSV" if csv_content is not None else "recordsURL"
-        details: dict[str, object] = {"mode": "bulk", "type": "upsert", "source": source,
-                                      "primaryKey": request.primary_key}  # fmt: skip
+        details: dict[str, object] = {
+            "mode": "bulk",
+            "type": "upsert",
+            "source": source,
+            "primaryKey": request.primary_key,
+        }
         if csv_content is not None:
             details["bytes"] = len(csv_content)
-        operations_repo.add_log(session, op.id, "bulk upsert accepted", now=op.created_at,
-                                details=details)  # fmt: skip
+        operations_repo.add_log(
+            session, op.id, "bulk upsert accepted", now=op.created_at, details=details
+        )
         session.commit()
         try:
             dispatch.send_operation(op.id)
@@ -76,8 +81,14 @@ def accept_bulk_upsert(
             log.exception("operation %s: could not enqueue", op.id)
             message = f"could not enqueue the write: {type(exc).__name__}"
             operations_repo.add_log(session, op.id, message, now=deps.clock(), severity="ERROR")
-            operations_repo.transition(session, op.id, State.FAILED, now=deps.clock(),
-                                       errors=[message], result_summary=message)  # fmt: skip
+            operations_repo.transition(
+                session,
+                op.id,
+                State.FAILED,
+                now=deps.clock(),
+                errors=[message],
+                result_summary=message,
+            )
             raise EnqueueFailed(message) from exc
     return op
 
@@ -109,7 +120,9 @@ def _new_operation(
     now = deps.clock()
     deadline_s = DEADLINE_HOURS * 3600 * deps.settings.policy_time_scale
     return new_operation(
-        target, installation, now,
+        target,
+        installation,
+        now,
         write_type="upsert",
         mode="bulk",
         shape="bulk",
@@ -118,4 +131,4 @@ def _new_operation(
         # Unknown until Salesforce has read the CSV; the job's counters fill it in.
         record_count=0,
         deadline_at=now + timedelta(seconds=deadline_s),
-    )  # fmt: skip
+    )

@@ -9,18 +9,18 @@ import redis
 from celery import Celery
 
 from writejobs import task_names
-from writejobs.autobatch import AutoBatcher
-from writejobs.celery_config import create_sender
 from writejobs.clock import Clock, utcnow
-from writejobs.deps import ExecutionDeps
-from writejobs.directory import TenantDirectory
+from writejobs.execution.deps import ExecutionDeps
 from writejobs.failpoints import Failpoints
-from writejobs.intake import Dispatch
-from writejobs.metrics import Metrics
+from writejobs.grouping.autobatch import AutoBatcher
+from writejobs.grouping.keys import Keys
+from writejobs.grouping.retry_waits import RetryQueue
+from writejobs.intake.directory import TenantDirectory
+from writejobs.intake.write import Dispatch
 from writejobs.providers.connect import open_adapter, open_bulk_ingest
-from writejobs.providers.metered import metered
-from writejobs.redis_keys import Keys
-from writejobs.retry_queue import RetryQueue
+from writejobs.runtime.celery_config import create_sender
+from writejobs.runtime.metered import metered
+from writejobs.runtime.metrics import Metrics
 from writejobs.settings import Settings
 from writejobs.store.db import create_session_factory, create_store_engine
 from writejobs.store.group_commit import GroupCommitter
@@ -67,10 +67,15 @@ def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
     )
 
     batcher = AutoBatcher(
-        client, deps.sessions, send_batch, keys=keys, clock=clock,
-        unsent_grace_s=settings.unsent_grace_s, orphan_grace_s=settings.orphan_grace_s,
+        client,
+        deps.sessions,
+        send_batch,
+        keys=keys,
+        clock=clock,
+        unsent_grace_s=settings.unsent_grace_s,
+        orphan_grace_s=settings.orphan_grace_s,
         failpoint=failpoint,
-    )  # fmt: skip
+    )
     directory = TenantDirectory(deps.sessions)
     committer = GroupCommitter(deps.sessions)
     dispatch = Dispatch(send_operation, batcher.buffer, directory, committer.commit)

@@ -36,8 +36,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from writejobs.operations import State
-from writejobs.redis_keys import Keys
+from writejobs.core.operations import State
+from writejobs.grouping.keys import Keys
 from writejobs.store.tables import Operation
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ CATALOG: dict[str, MetricInfo] = {
         "Duration of provider write calls, by provider.",
         ("provider",),
         (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
-    ),  # fmt: skip
+    ),
     "retries_scheduled": MetricInfo(
         "counter", "Waits for a next attempt, by what waits (op or batch).", ("kind",)
     ),
@@ -203,10 +203,13 @@ class FleetCollector(Collector):
         waiting, unsent, retries = pipe.execute()
         for name, help_text, value in (
             ("auto_batch_groups_waiting", "Auto-batch groups holding records.", waiting),
-            ("auto_batch_unsent_claims", "Flushed auto-batches whose task is not sent yet.",
-             unsent),
+            (
+                "auto_batch_unsent_claims",
+                "Flushed auto-batches whose task is not sent yet.",
+                unsent,
+            ),
             ("retry_waits", "Operations and batches waiting for their next attempt.", retries),
-        ):  # fmt: skip
+        ):
             yield GaugeMetricFamily(f"{PREFIX}_{name}", help_text, value=float(value))
         states = GaugeMetricFamily(
             f"{PREFIX}_operations",

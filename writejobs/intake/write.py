@@ -16,13 +16,13 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from writejobs.contract import WriteRequest
-from writejobs.deps import ExecutionDeps
-from writejobs.directory import TenantDirectory
+from writejobs.core.contract import WriteRequest
+from writejobs.core.operations import State
 from writejobs.errors import ContractError, NotFound, ProviderError, WritejobsError
-from writejobs.execute import attempt_write, request_items, write_options
-from writejobs.operations import State
-from writejobs.outcomes import Attempt, settle
+from writejobs.execution.deps import ExecutionDeps
+from writejobs.execution.run import attempt_write, request_items, write_options
+from writejobs.execution.settle import Attempt, settle
+from writejobs.intake.directory import TenantDirectory
 from writejobs.providers.base import BatchOutcome, RecordResult
 from writejobs.store import operations_repo
 from writejobs.store.tables import Installation, Operation, Project
@@ -82,10 +82,16 @@ def accept_write(
         )
     op = _new_operation(target, request, installation, deps)
     accepted = operations_repo.log_row(
-        op.id, "write accepted", now=op.created_at,
-        details={"mode": request.mode, "type": request.type, "shape": op.shape,
-                 "records": op.record_count},
-    )  # fmt: skip
+        op.id,
+        "write accepted",
+        now=op.created_at,
+        details={
+            "mode": request.mode,
+            "type": request.type,
+            "shape": op.shape,
+            "records": op.record_count,
+        },
+    )
     if not request.is_async:
         with deps.sessions() as session:
             _record_alone(session, op, accepted)
@@ -144,8 +150,9 @@ def _run_inline(
 ) -> Accepted:
     """A synchronous write: the provider is called inside the request, once."""
     items = dict(enumerate(request_items(request)))
-    attempt = attempt_write(deps, installation, op, write_options(request), items,
-                            single=request.batch is None)  # fmt: skip
+    attempt = attempt_write(
+        deps, installation, op, write_options(request), items, single=request.batch is None
+    )
     settle(session, op, attempt, now=deps.clock(), may_retry=False, rng=deps.rng)
     outcome = BatchOutcome([attempt.results[i] for i in range(len(items))], attempt.errors)
     return Accepted(op, outcome=outcome, provider_error=attempt.call_error)
@@ -180,7 +187,9 @@ def _new_operation(
         # A synchronous write runs at once, in this request, as its first attempt.
         state = State.RUNNING
     return new_operation(
-        target, installation, now,
+        target,
+        installation,
+        now,
         write_type=request.type,
         mode=request.mode,
         shape=shape,
@@ -194,7 +203,7 @@ def _new_operation(
         if request.is_async
         else now + timedelta(seconds=deps.settings.running_lease_s),
         last_attempt_at=None if request.is_async else now,
-    )  # fmt: skip
+    )
 
 
 def new_operation(

@@ -32,14 +32,17 @@ class Step:
     note: str = ""
 
 
-def run_demo(details: dict[str, Any], console: Console, stop: threading.Event,
-             timeout_s: float = 600.0) -> bool:  # fmt: skip
+def run_demo(
+    details: dict[str, Any], console: Console, stop: threading.Event, timeout_s: float = 600.0
+) -> bool:
     """Send the workload, follow it, print a summary; True when every operation ended."""
     base = f"/v1/projects/{details['project']}/integrations/{details['integration']}"
-    with httpx.Client(base_url=details["api_url"], headers={"X-Api-Key": details["api_key"]},
-                      timeout=30.0) as client:  # fmt: skip
-        steps = _send_workload(client, f"{base}/objects/{details['object']}", details["group_ref"],
-                               console, stop)  # fmt: skip
+    with httpx.Client(
+        base_url=details["api_url"], headers={"X-Api-Key": details["api_key"]}, timeout=30.0
+    ) as client:
+        steps = _send_workload(
+            client, f"{base}/objects/{details['object']}", details["group_ref"], console, stop
+        )
         steps += _send_bulk(client, details, console)
         ids = [op_id for step in steps for op_id in step.operation_ids]
         views = _follow(client, details["project"], ids, console, stop, timeout_s)
@@ -72,23 +75,44 @@ def _send_workload(
     steps = [send("sync create", {"type": "create", "record": contact("sync")})]
     created = client.get(f"{path.split('/integrations')[0]}/operations/{steps[0].operation_ids[0]}")
     record_id = (created.json().get("metadata", {}).get("successfulRecordIds") or ["unknown"])[0]
-    steps.append(send("sync batch of 20", {"type": "create", "batch": [
-        {"record": contact(f"b{i}")} for i in range(20)]}))  # fmt: skip
-    steps.append(send("async create", {"type": "create", "mode": "asynchronous",
-                                       "record": contact("async")}))  # fmt: skip
-    steps.append(send("async batch of 50", {"type": "create", "mode": "asynchronous", "batch": [
-        {"record": contact(f"ab{i}")} for i in range(50)]}))  # fmt: skip
-    steps.append(send("sync update", {"type": "update", "record": {
-        "id": record_id, "firstname": "Updated"}}))  # fmt: skip
+    steps.append(
+        send(
+            "sync batch of 20",
+            {"type": "create", "batch": [{"record": contact(f"b{i}")} for i in range(20)]},
+        )
+    )
+    steps.append(
+        send("async create", {"type": "create", "mode": "asynchronous", "record": contact("async")})
+    )
+    steps.append(
+        send(
+            "async batch of 50",
+            {
+                "type": "create",
+                "mode": "asynchronous",
+                "batch": [{"record": contact(f"ab{i}")} for i in range(50)],
+            },
+        )
+    )
+    steps.append(
+        send("sync update", {"type": "update", "record": {"id": record_id, "firstname": "Updated"}})
+    )
     steps.append(send("sync delete", {"type": "delete", "record": {"id": record_id}}))
     steps.append(send("invalid request (no record)", {"type": "create"}))
     auto = Step(f"auto-batched ({AUTO_BATCH_RECORDS} records)", 200, [])
     for i in range(AUTO_BATCH_RECORDS):
         if stop.is_set():
             break
-        response = client.post(path, json={
-            "groupRef": group_ref, "type": "create", "mode": "asynchronous",
-            "autoBatchPolicy": {"maxDelayMinutes": 1}, "record": contact(f"auto{i}")})  # fmt: skip
+        response = client.post(
+            path,
+            json={
+                "groupRef": group_ref,
+                "type": "create",
+                "mode": "asynchronous",
+                "autoBatchPolicy": {"maxDelayMinutes": 1},
+                "record": contact(f"auto{i}"),
+            },
+        )
         auto.http_status = max(auto.http_status, response.status_code)
         if response.status_code == 200:
             auto.operation_ids.append(response.json()["operationId"])
@@ -100,8 +124,10 @@ def _send_workload(
 def _send_bulk(client: httpx.Client, details: dict[str, Any], console: Console) -> list[Step]:
     """Two bulk CSV upserts to the demo's Salesforce installation: inline, and by URL
     from the sandbox's file host (allowed over http by `up --demo`)."""
-    path = (f"/v1/projects/{details['project']}/integrations/{details['bulk_integration']}"
-            f"/objects/{details['bulk_object']}:async")  # fmt: skip
+    path = (
+        f"/v1/projects/{details['project']}/integrations/{details['bulk_integration']}"
+        f"/objects/{details['bulk_object']}:async"
+    )
     run = uuid.uuid4().hex[:8]
     rows = [f"demo-{run}-{i},Demo {i},demo-{run}-{i}@example.com" for i in range(100)]
     rows[7] = f"demo-{run}-7,Demo 7,not-an-email"
@@ -124,11 +150,21 @@ def _send_bulk(client: httpx.Client, details: dict[str, Any], console: Console) 
     return steps
 
 
-def _follow(client: httpx.Client, project: str, ids: list[str], console: Console,
-            stop: threading.Event, timeout_s: float) -> dict[str, dict[str, Any]]:  # fmt: skip
+def _follow(
+    client: httpx.Client,
+    project: str,
+    ids: list[str],
+    console: Console,
+    stop: threading.Event,
+    timeout_s: float,
+) -> dict[str, dict[str, Any]]:
     views: dict[str, dict[str, Any]] = {}
-    columns = (TextColumn("operations finished"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())  # fmt: skip
+    columns = (
+        TextColumn("operations finished"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     deadline = time.monotonic() + timeout_s
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("ops", total=len(ids))
@@ -155,9 +191,13 @@ def _print_summary(steps: list[Step], views: dict[str, dict[str, Any]], console:
         statuses = Counter(views.get(i, {}).get("status", "unknown") for i in step.operation_ids)
         results = {views.get(i, {}).get("result", "") for i in step.operation_ids}
         result = next(iter(results)) if len(results) == 1 else f"{len(results)} distinct results"
-        table.add_row(step.name, str(step.http_status), str(len(step.operation_ids)),
-                      ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())) or "-",
-                      escape(step.note or result or ""))  # fmt: skip
+        table.add_row(
+            step.name,
+            str(step.http_status),
+            str(len(step.operation_ids)),
+            ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())) or "-",
+            escape(step.note or result or ""),
+        )
     console.print(table)
     batches: dict[str, dict[str, Any]] = {}
     for view in views.values():
@@ -173,5 +213,6 @@ def _print_summary(steps: list[Step], views: dict[str, dict[str, Any]], console:
             batch_table.add_row(batch_id, str(entry["size"]), entry["reason"])
         console.print(batch_table)
     terminal = sum(1 for v in views.values() if v.get("status") != "in_progress")
-    console.print(f"[bold]{terminal} of {sum(len(s.operation_ids) for s in steps)} operations "
-                  "finished[/]")  # fmt: skip
+    console.print(
+        f"[bold]{terminal} of {sum(len(s.operation_ids) for s in steps)} operations finished[/]"
+    )

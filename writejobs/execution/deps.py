@@ -19,7 +19,7 @@ from writejobs.store.tables import Installation
 
 AdapterOpener = Callable[[Installation, Settings], AbstractContextManager[ProviderAdapter]]
 BulkOpener = Callable[[Installation, Settings], AbstractContextManager[SalesforceBulkIngest]]
-# schedule_retry(kind, id, at): kind is "op" or "batch" (see writejobs.retry_queue).
+# schedule_retry(kind, id, at): kind is "op" or "batch" (see writejobs.grouping.retry_waits).
 RetryScheduler = Callable[[str, str, datetime], None]
 
 

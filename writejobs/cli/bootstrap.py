@@ -15,10 +15,10 @@ from sqlalchemy.orm import Session
 
 from writejobs.clock import utcnow
 from writejobs.providers.oauth import bearer_credentials
-from writejobs.secrets import cipher_for
 from writejobs.settings import Settings
 from writejobs.store import tenants_repo
 from writejobs.store.db import create_session_factory, create_store_engine
+from writejobs.store.secrets import cipher_for
 from writejobs.store.tables import Installation
 
 DEMO_PROJECT = "demo"
@@ -54,10 +54,15 @@ def ensure_demo(
         installation = tenants_repo.find_installation(session, integration.id, DEMO_GROUP_REF)
         if installation is None:
             installation = tenants_repo.create_installation(
-                session, integration, DEMO_GROUP_REF, sandbox_url, now=now,
-                cipher=cipher_for(settings), credentials=bearer_credentials("sandbox-token"),
+                session,
+                integration,
+                DEMO_GROUP_REF,
+                sandbox_url,
+                now=now,
+                cipher=cipher_for(settings),
+                credentials=bearer_credentials("sandbox-token"),
                 deletable_objects=[DEMO_OBJECT],
-            )  # fmt: skip
+            )
         bulk_installation = _ensure_installation(
             session, settings, project.id, DEMO_BULK_INTEGRATION, "salesforce", sandbox_url
         )
@@ -104,7 +109,12 @@ def _ensure_installation(
     installation = tenants_repo.find_installation(session, integration.id, DEMO_GROUP_REF)
     if installation is None:
         installation = tenants_repo.create_installation(
-            session, integration, DEMO_GROUP_REF, sandbox_url, now=now,
-            cipher=cipher_for(settings), credentials=bearer_credentials("sandbox-token"),
-        )  # fmt: skip
+            session,
+            integration,
+            DEMO_GROUP_REF,
+            sandbox_url,
+            now=now,
+            cipher=cipher_for(settings),
+            credentials=bearer_credentials("sandbox-token"),
+        )
     return installation

@@ -1,4 +1,4 @@
-"""Provider adapters that count their calls and time them (`writejobs.metrics`)."""
+"""Provider adapters that count their calls and time them (`writejobs.runtime.metrics`)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Literal, TypeVar
 
-from writejobs.deps import AdapterOpener
 from writejobs.errors import ProviderError
-from writejobs.metrics import Metrics
+from writejobs.execution.deps import AdapterOpener
 from writejobs.providers.base import (
     BatchOutcome,
     ProviderAdapter,
@@ -18,6 +17,7 @@ from writejobs.providers.base import (
     WriteOptions,
     WriteType,
 )
+from writejobs.runtime.metrics import Metrics
 from writejobs.settings import Settings
 from writejobs.store.tables import Installation
 

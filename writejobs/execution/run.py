@@ -2,7 +2,7 @@
 
 Used inline by the API for synchronous writes (one attempt, no retries) and by
 the worker's task for asynchronous ones (retried until their deadline), so both
-paths share one truth about outcomes (see `writejobs.outcomes`).
+paths share one truth about outcomes (see `writejobs.execution.settle`).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import Literal, cast
 
 from sqlalchemy.orm import Session
 
-from writejobs.contract import WriteRequest
-from writejobs.deps import ExecutionDeps
+from writejobs.core.contract import WriteRequest
+from writejobs.core.operations import State
 from writejobs.errors import ProviderError
-from writejobs.execute_bulk import run_bulk_attempt
-from writejobs.operations import State
-from writejobs.outcomes import Attempt, indices_to_try, settle
+from writejobs.execution.bulk import run_bulk_attempt
+from writejobs.execution.deps import ExecutionDeps
+from writejobs.execution.settle import Attempt, indices_to_try, settle
 from writejobs.providers.base import (
     RecordResult,
     WriteItem,
@@ -66,13 +66,18 @@ def attempt_write(
             outcome = adapter.write_batch(
                 object_name, batch_type, [items[i] for i in indices], options
             )
-            return Attempt(dict(zip(indices, outcome.results, strict=True)), list(outcome.errors),
-                           outcome.retry_after_s)  # fmt: skip
+            return Attempt(
+                dict(zip(indices, outcome.results, strict=True)),
+                list(outcome.errors),
+                outcome.retry_after_s,
+            )
     except ProviderError as exc:
-        failed = RecordResult(success=False, error=exc.message, retryable=exc.retryable,
-                              status_code=exc.status_code)  # fmt: skip
-        return Attempt({i: failed for i in indices}, [exc.message], exc.retry_after_s,
-                       call_error=exc)  # fmt: skip
+        failed = RecordResult(
+            success=False, error=exc.message, retryable=exc.retryable, status_code=exc.status_code
+        )
+        return Attempt(
+            {i: failed for i in indices}, [exc.message], exc.retry_after_s, call_error=exc
+        )
 
 
 def request_items(request: WriteRequest) -> list[WriteItem]:
@@ -85,9 +90,14 @@ def request_items(request: WriteRequest) -> list[WriteItem]:
 def start_attempt(session: Session, op: Operation, deps: ExecutionDeps, now: datetime) -> bool:
     """Take the operation for one attempt (compare-and-set into `running`)."""
     moved = operations_repo.transition(
-        session, op.id, State.RUNNING, now=now, lease_s=deps.settings.running_lease_s,
-        attempts=op.attempts + 1, last_attempt_at=now,
-    )  # fmt: skip
+        session,
+        op.id,
+        State.RUNNING,
+        now=now,
+        lease_s=deps.settings.running_lease_s,
+        attempts=op.attempts + 1,
+        last_attempt_at=now,
+    )
     if moved:
         session.refresh(op)
         log.info("operation %s: attempt %d started", op.id, op.attempts)
@@ -114,15 +124,23 @@ def run_operation(operation_id: str, deps: ExecutionDeps) -> State | None:
         indices = indices_to_try(op, all_or_none=request.all_or_none)
         all_items = request_items(request)
         operations_repo.add_log(
-            session, op.id, "attempt started", now=deps.clock(),
+            session,
+            op.id,
+            "attempt started",
+            now=deps.clock(),
             details={"attempt": op.attempts, "records": len(indices)},
-        )  # fmt: skip
+        )
         session.commit()
         installation = tenants_repo.get_installation(session, op.installation_id)
         assert installation is not None
-        attempt = attempt_write(deps, installation, op, write_options(request),
-                                {i: all_items[i] for i in indices},
-                                single=request.batch is None)  # fmt: skip
+        attempt = attempt_write(
+            deps,
+            installation,
+            op,
+            write_options(request),
+            {i: all_items[i] for i in indices},
+            single=request.batch is None,
+        )
         deps.failpoint("operation.after_provider_call")
         now = deps.clock()
         attempt = claim_own_duplicates(session, op, attempt, now)
@@ -148,12 +166,19 @@ def claim_own_duplicates(
     results = dict(attempt.results)
     for index, result in results.items():
         if not result.success and result.existing_id is not None:
-            results[index] = replace(result, success=True, record_id=result.existing_id,
-                                     error=None, status_code=None)  # fmt: skip
+            results[index] = replace(
+                result, success=True, record_id=result.existing_id, error=None, status_code=None
+            )
             operations_repo.add_log(
-                session, op.id, "record already existed at the provider: counted as a duplicate",
-                now=now, severity="WARNING",
-                details={"record_index": index, "record_id": result.existing_id,
-                         "attempt": op.attempts},
-            )  # fmt: skip
+                session,
+                op.id,
+                "record already existed at the provider: counted as a duplicate",
+                now=now,
+                severity="WARNING",
+                details={
+                    "record_index": index,
+                    "record_id": result.existing_id,
+                    "attempt": op.attempts,
+                },
+            )
     return replace(attempt, results=results)

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from writejobs.outcomes import expire
+from writejobs.execution.settle import expire
 from writejobs.store import operations_repo
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,13 @@ def requeue_stalled(
                 operations_repo.touch(session, ids, state, now=now)
         for op in stuck:
             operations_repo.add_log(
-                session, op.id, "task sent again: the operation stalled", now=now,
-                severity="WARNING", details={"state": op.state},
-            )  # fmt: skip
+                session,
+                op.id,
+                "task sent again: the operation stalled",
+                now=now,
+                severity="WARNING",
+                details={"state": op.state},
+            )
         session.commit()
     for batch_id in batches:
         log.warning("batch %s: stalled; sending its task again", batch_id)

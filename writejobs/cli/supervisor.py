@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from writejobs.process_utils import die_with_parent
+from writejobs.cli.process_utils import die_with_parent
 
 
 @dataclass

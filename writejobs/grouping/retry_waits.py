@@ -15,7 +15,7 @@ from datetime import datetime
 
 import redis
 
-from writejobs.redis_keys import Keys
+from writejobs.grouping.keys import Keys
 
 
 class RetryQueue:

@@ -20,10 +20,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from writejobs.clock import as_utc, iso
+from writejobs.core.operations import State, outcome_state
+from writejobs.core.retry import next_attempt_at
 from writejobs.errors import ProviderError
-from writejobs.operations import State, outcome_state
 from writejobs.providers.base import RecordResult
-from writejobs.retry import next_attempt_at
 from writejobs.store import operations_repo
 from writejobs.store.tables import Operation
 
@@ -95,19 +95,36 @@ def settle(
         deadline = as_utc(op.deadline_at)
         at = next_attempt_at(failures, now, deadline, attempt.retry_after_s, rng)
         if at is not None:
-            why = (f"Retry-After {attempt.retry_after_s:g}s" if attempt.retry_after_s is not None
-                   else f"backoff after {failures} failed attempt(s)")  # fmt: skip
+            why = (
+                f"Retry-After {attempt.retry_after_s:g}s"
+                if attempt.retry_after_s is not None
+                else f"backoff after {failures} failed attempt(s)"
+            )
             operations_repo.add_log(
-                session, op.id, f"retrying {len(retryable)} record(s) at {iso(at)}", now=now,
-                details={"delay_s": round((at - now).total_seconds(), 3), "why": why,
-                         "deadline": iso(deadline)},
-            )  # fmt: skip
+                session,
+                op.id,
+                f"retrying {len(retryable)} record(s) at {iso(at)}",
+                now=now,
+                details={
+                    "delay_s": round((at - now).total_seconds(), 3),
+                    "why": why,
+                    "deadline": iso(deadline),
+                },
+            )
             operations_repo.transition(
-                session, op.id, State.RETRYING, now=now, results=rows, next_attempt_at=at,
-                backoff_failures=failures, last_error=last_error,
-                success_count=_count(rows, True), failure_count=_count(rows, False),
-                result_summary=f"[{op.object_name}] Retrying: {last_error}", commit=commit,
-            )  # fmt: skip
+                session,
+                op.id,
+                State.RETRYING,
+                now=now,
+                results=rows,
+                next_attempt_at=at,
+                backoff_failures=failures,
+                last_error=last_error,
+                success_count=_count(rows, True),
+                failure_count=_count(rows, False),
+                result_summary=f"[{op.object_name}] Retrying: {last_error}",
+                commit=commit,
+            )
             return Settled(State.RETRYING, at)
     if retryable and may_retry:
         return _expire(session, op, rows, retryable, last_error, now, commit=commit)
@@ -115,9 +132,14 @@ def settle(
         row.pop("retryable", None)
         if not row["success"] and index in attempt.results:
             operations_repo.add_log(
-                session, op.id, "record failed", now=now, severity="ERROR", error=row.get("error"),
+                session,
+                op.id,
+                "record failed",
+                now=now,
+                severity="ERROR",
+                error=row.get("error"),
                 details={"record_index": index, "http_status": row.get("status")},
-            )  # fmt: skip
+            )
     state = outcome_state(_count(rows, True), _count(rows, False))
     _finish(session, op, state, rows, attempt.errors, summarize(op, rows, state), now, commit)
     return Settled(state)
@@ -132,8 +154,9 @@ def expire(session: Session, op: Operation, reason: str, *, now: datetime) -> bo
         for i, row in enumerate(rows)
         if (not row["success"] and row.get("error") is None) or row.get("retryable")
     ]
-    operations_repo.add_log(session, op.id, reason, now=now, severity="ERROR",
-                            details={"state": op.state})  # fmt: skip
+    operations_repo.add_log(
+        session, op.id, reason, now=now, severity="ERROR", details={"state": op.state}
+    )
     # A bulk write's CSV is kept only while the write may still run.
     operations_repo.delete_payload(session, op.id)
     return _expire(session, op, rows, todo, op.last_error, now).state is State.EXPIRED
@@ -153,10 +176,17 @@ def _expire(
     for index in todo:
         rows[index] = {"success": False, "error": message}
     operations_repo.add_log(
-        session, op.id, "deadline exceeded", now=now, severity="ERROR", error=last_error,
-        details={"records": len(todo), "deadline": iso(as_utc(op.deadline_at)) if op.deadline_at
-                 else "none"},
-    )  # fmt: skip
+        session,
+        op.id,
+        "deadline exceeded",
+        now=now,
+        severity="ERROR",
+        error=last_error,
+        details={
+            "records": len(todo),
+            "deadline": iso(as_utc(op.deadline_at)) if op.deadline_at else "none",
+        },
+    )
     summary = f"[{op.object_name}] {message}"
     moved = _finish(session, op, State.EXPIRED, rows, [message], summary, now, commit)
     return Settled(State.EXPIRED if moved else State(op.state))
@@ -172,19 +202,33 @@ def _finish(
     now: datetime,
     commit: bool = True,
 ) -> bool:
-    failed = [f"record {i}: {r['error']}" for i, r in enumerate(rows) if not r["success"]
-              and r.get("error")]  # fmt: skip
+    failed = [
+        f"record {i}: {r['error']}"
+        for i, r in enumerate(rows)
+        if not r["success"] and r.get("error")
+    ]
     operations_repo.add_log(
-        session, op.id, f"write finished: {state.value}", now=now,
+        session,
+        op.id,
+        f"write finished: {state.value}",
+        now=now,
         severity="INFO" if state is State.SUCCEEDED else "WARNING",
         details={"succeeded": _count(rows, True), "failed": _count(rows, False)},
-    )  # fmt: skip
+    )
     log.info("operation %s: %s", op.id, state.value)
     return operations_repo.transition(
-        session, op.id, state, now=now, results=rows, errors=(errors + failed) or None,
-        success_count=_count(rows, True), failure_count=_count(rows, False),
-        result_summary=summary, next_attempt_at=None, commit=commit,
-    )  # fmt: skip
+        session,
+        op.id,
+        state,
+        now=now,
+        results=rows,
+        errors=(errors + failed) or None,
+        success_count=_count(rows, True),
+        failure_count=_count(rows, False),
+        result_summary=summary,
+        next_attempt_at=None,
+        commit=commit,
+    )
 
 
 def summarize(op: Operation, rows: list[dict[str, Any]], state: State) -> str:
@@ -195,22 +239,28 @@ def summarize(op: Operation, rows: list[dict[str, Any]], state: State) -> str:
             suffix = f" (recordId {row['recordId']})" if row.get("recordId") else ""
             return f"[{op.object_name}] Write succeeded{suffix}"
         return f"[{op.object_name}] Write failed: {row.get('error')}"
-    return (f"Batch write completed ({_count(rows, True)} succeeded, "
-            f"{_count(rows, False)} failed)")  # fmt: skip
+    return f"Batch write completed ({_count(rows, True)} succeeded, {_count(rows, False)} failed)"
 
 
 def _log_attempt(session: Session, op: Operation, attempt: Attempt, now: datetime) -> None:
     statuses = sorted({str(r.status_code) for r in attempt.results.values() if r.status_code})
     failed = [r for r in attempt.results.values() if not r.success]
     operations_repo.add_log(
-        session, op.id, f"attempt {op.attempts} finished", now=now,
-        severity="INFO" if not failed else "WARNING", error=_last_error(attempt),
-        details={"attempt": op.attempts, "records_tried": len(attempt.results),
-                 "succeeded": len(attempt.results) - len(failed), "failed": len(failed),
-                 "http_status": ",".join(statuses) or "2xx",
-                 "retry_after_s": attempt.retry_after_s if attempt.retry_after_s is not None
-                 else "none"},
-    )  # fmt: skip
+        session,
+        op.id,
+        f"attempt {op.attempts} finished",
+        now=now,
+        severity="INFO" if not failed else "WARNING",
+        error=_last_error(attempt),
+        details={
+            "attempt": op.attempts,
+            "records_tried": len(attempt.results),
+            "succeeded": len(attempt.results) - len(failed),
+            "failed": len(failed),
+            "http_status": ",".join(statuses) or "2xx",
+            "retry_after_s": attempt.retry_after_s if attempt.retry_after_s is not None else "none",
+        },
+    )
 
 
 def _last_error(attempt: Attempt) -> str | None:

@@ -55,16 +55,23 @@ class TenantDirectory:
 
     def project_for_api_key(self, plain_key: str) -> Project | None:
         key_hash = tenants_repo.hash_api_key(plain_key)
-        return self._projects.get(key_hash, lambda: self._load(
-            lambda s: tenants_repo.project_for_api_key(s, plain_key)))  # fmt: skip
+        return self._projects.get(
+            key_hash, lambda: self._load(lambda s: tenants_repo.project_for_api_key(s, plain_key))
+        )
 
     def integration(self, project_id: str, id_or_name: str) -> Integration | None:
-        return self._integrations.get((project_id, id_or_name), lambda: self._load(
-            lambda s: tenants_repo.find_integration(s, project_id, id_or_name)))  # fmt: skip
+        return self._integrations.get(
+            (project_id, id_or_name),
+            lambda: self._load(lambda s: tenants_repo.find_integration(s, project_id, id_or_name)),
+        )
 
     def installation(self, integration_id: str, group_ref: str) -> Installation | None:
-        return self._installations.get((integration_id, group_ref), lambda: self._load(
-            lambda s: tenants_repo.find_installation(s, integration_id, group_ref)))  # fmt: skip
+        return self._installations.get(
+            (integration_id, group_ref),
+            lambda: self._load(
+                lambda s: tenants_repo.find_installation(s, integration_id, group_ref)
+            ),
+        )
 
     def _load(self, query: Callable[[Session], T | None]) -> T | None:
         with self.sessions() as session:

@@ -12,15 +12,15 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 
-from writejobs.contract import WriteRequest
-from writejobs.deps import ExecutionDeps
-from writejobs.execute import (
+from writejobs.core.contract import WriteRequest
+from writejobs.core.operations import State
+from writejobs.execution.deps import ExecutionDeps
+from writejobs.execution.run import (
     attempt_write,
     claim_own_duplicates,
     request_items,
 )
-from writejobs.operations import State
-from writejobs.outcomes import Attempt, settle
+from writejobs.execution.settle import Attempt, settle
 from writejobs.providers.base import WriteItem, WriteOptions
 from writejobs.store import operations_repo, tenants_repo
 
@@ -46,11 +46,22 @@ def run_batch(
         log.info("batch %s: attempt started with %d member(s)", batch_id, len(taken))
         if on_start is not None:
             on_start(batch_id)
-        operations_repo.add_logs(session, [
-            {"operation_id": op.id, "timestamp": now, "msg": "attempt started",
-             "details": {"attempt": op.attempts, "batch_id": batch_id, "batch_size": len(taken)}}
-            for op in taken
-        ])  # fmt: skip
+        operations_repo.add_logs(
+            session,
+            [
+                {
+                    "operation_id": op.id,
+                    "timestamp": now,
+                    "msg": "attempt started",
+                    "details": {
+                        "attempt": op.attempts,
+                        "batch_id": batch_id,
+                        "batch_size": len(taken),
+                    },
+                }
+                for op in taken
+            ],
+        )
         session.commit()
         first = taken[0]
         installation = tenants_repo.get_installation(session, first.installation_id)
@@ -65,11 +76,13 @@ def run_batch(
         counts: dict[str, int] = {}
         waiting: dict[str, datetime] = {}
         for index, op in enumerate(taken):
-            member = Attempt({0: attempt.results[index]}, list(attempt.errors),
-                             attempt.retry_after_s)  # fmt: skip
+            member = Attempt(
+                {0: attempt.results[index]}, list(attempt.errors), attempt.retry_after_s
+            )
             member = claim_own_duplicates(session, op, member, now)
-            settled = settle(session, op, member, now=now, may_retry=True, rng=deps.rng,
-                             commit=False)  # fmt: skip
+            settled = settle(
+                session, op, member, now=now, may_retry=True, rng=deps.rng, commit=False
+            )
             counts[settled.state.value] = counts.get(settled.state.value, 0) + 1
             if settled.state is State.RETRYING and settled.next_attempt_at is not None:
                 waiting[op.id] = settled.next_attempt_at
@@ -86,9 +99,15 @@ def _wait_as_retry_batch(deps: ExecutionDeps, batch_id: str, waiting: dict[str, 
         operations_repo.reassign_batch(session, list(waiting), retry_batch_id, at)
         for op_id in waiting:
             operations_repo.add_log(
-                session, op_id, "waiting in a retry batch", now=deps.clock(),
-                details={"retry_batch_id": retry_batch_id, "of_batch": batch_id,
-                         "size": len(waiting)},
-            )  # fmt: skip
+                session,
+                op_id,
+                "waiting in a retry batch",
+                now=deps.clock(),
+                details={
+                    "retry_batch_id": retry_batch_id,
+                    "of_batch": batch_id,
+                    "size": len(waiting),
+                },
+            )
         session.commit()
     deps.schedule_retry("batch", retry_batch_id, at)

@@ -23,10 +23,9 @@ from datetime import datetime, timedelta
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from writejobs import metrics
 from writejobs.clock import Clock, as_utc
 from writejobs.failpoints import no_failpoint
-from writejobs.redis_keys import (
+from writejobs.grouping.keys import (
     APPEND_SCRIPT,
     BATCH_LIMIT,
     CLAIM_DUE_SCRIPT,
@@ -34,6 +33,7 @@ from writejobs.redis_keys import (
     Keys,
     group_key,
 )
+from writejobs.runtime import metrics
 from writejobs.store import operations_repo
 from writejobs.store.tables import Operation
 
@@ -121,10 +121,14 @@ class AutoBatcher:
             while True:
                 batch_id = str(uuid.uuid4())
                 ids = self._claim_due(
-                    keys=[self.keys.buffer(group), self.keys.due, self.keys.batch(batch_id),
-                          self.keys.unsent],
+                    keys=[
+                        self.keys.buffer(group),
+                        self.keys.due,
+                        self.keys.batch(batch_id),
+                        self.keys.unsent,
+                    ],
                     args=[group, repr(now_s), self.batch_limit],
-                )  # fmt: skip
+                )
                 if not ids:
                     break
                 claim = Claim(batch_id, group, "time", [_text(i) for i in ids])
@@ -140,13 +144,23 @@ class AutoBatcher:
             moved = operations_repo.assign_batch(
                 session, claim.member_ids, claim.batch_id, claim.reason, now=now
             )
-            details = {"batch_id": claim.batch_id, "batch_size": len(claim.member_ids),
-                       "reason": claim.reason}  # fmt: skip
-            operations_repo.add_logs(session, [
-                {"operation_id": op_id, "timestamp": now, "details": details,
-                 "msg": f"flushed in batch ({claim.reason})"}
-                for op_id in claim.member_ids
-            ])  # fmt: skip
+            details = {
+                "batch_id": claim.batch_id,
+                "batch_size": len(claim.member_ids),
+                "reason": claim.reason,
+            }
+            operations_repo.add_logs(
+                session,
+                [
+                    {
+                        "operation_id": op_id,
+                        "timestamp": now,
+                        "details": details,
+                        "msg": f"flushed in batch ({claim.reason})",
+                    }
+                    for op_id in claim.member_ids
+                ],
+            )
             session.commit()
         self.failpoint("flush.before_send")
         self.send_batch(claim.batch_id)
