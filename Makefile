@@ -19,7 +19,9 @@ test: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy writejobs api_shim scheduler worker sandbox
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .writejobs
