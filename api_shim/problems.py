@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from writejobs.clock import iso, utcnow
 from writejobs.errors import ContractError, NotFound
+from writejobs.intake.write import EnqueueFailed
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,11 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> Response:
         return problem_response(request, ApiProblem(404, str(exc), remedy=_NOT_FOUND_REMEDY))
+
+    @app.exception_handler(EnqueueFailed)
+    async def _enqueue_failed(request: Request, exc: EnqueueFailed) -> Response:
+        remedy = "The queue is unavailable; send the write again."
+        return problem_response(request, ApiProblem(503, str(exc), retryable=True, remedy=remedy))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:

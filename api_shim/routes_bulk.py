@@ -12,17 +12,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from api_shim.auth import authenticated_project
-from api_shim.problems import ApiProblem
-from api_shim.state import AppState
+from api_shim.deps import CallerProject, State, read_limited_body
 from writejobs.core.bulk_contract import MAX_INLINE_CSV_BYTES, BulkUpsertRequest, parse_bulk_request
 from writejobs.intake.bulk import accept_bulk_upsert
-from writejobs.intake.write import EnqueueFailed, WriteTarget
+from writejobs.intake.write import WriteTarget
 
 router = APIRouter()
 
 # JSON escaping can double a CSV (every quote and newline is two characters).
 MAX_BODY_BYTES = 2 * MAX_INLINE_CSV_BYTES + 64 * 1024
+_TOO_LARGE_REMEDY = "Send a CSV over 10 MiB as recordsURL."
 
 _REQUEST_SCHEMA = {
     "required": True,
@@ -38,40 +37,17 @@ _REQUEST_SCHEMA = {
 )
 async def upsert_records_async(
     request: Request,
-    projectIdOrName: str,
-    integrationId: str,
+    state: State,
+    project: CallerProject,
+    integrationId: str,  # noqa: N803
     objectName: str,  # noqa: N803
 ) -> JSONResponse:
     """200 `{operationId}` once the write is recorded; 400 text/plain for a bad request."""
-    project = await authenticated_project(request, projectIdOrName)
-    body = await _read_body(request)
+    body = await read_limited_body(request, MAX_BODY_BYTES, remedy=_TOO_LARGE_REMEDY)
     bulk, csv_content = parse_bulk_request(body)
-    state: AppState = request.app.state.writejobs
     target = WriteTarget(project, integrationId, objectName)
-    try:
-        op = await run_in_threadpool(
-            accept_bulk_upsert, target, bulk, csv_content, state.deps, state.dispatch
-        )
-    except EnqueueFailed as exc:
-        remedy = "The queue is unavailable; send the write again."
-        raise ApiProblem(503, str(exc), retryable=True, remedy=remedy) from exc
+    op = await run_in_threadpool(
+        accept_bulk_upsert, target, bulk, csv_content, state.deps, state.dispatch
+    )
     state.metrics.count("writes_accepted", shape=op.shape)
     return JSONResponse({"operationId": op.id})
-
-
-async def _read_body(request: Request) -> bytes:
-    """The body, refused with 413 as soon as it is larger than `MAX_BODY_BYTES`."""
-    too_large = ApiProblem(
-        413,
-        f"request body is larger than {MAX_BODY_BYTES} bytes",
-        remedy="Send a CSV over 10 MiB as recordsURL.",
-    )
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > MAX_BODY_BYTES:
-            raise too_large
-    return bytes(body)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
+from api_shim.deps import State
 from api_shim.state import AppState
 
 router = APIRouter(tags=["Health"])
@@ -18,8 +19,7 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(request: Request) -> JSONResponse:
-    state: AppState = request.app.state.writejobs
+async def readyz(state: State) -> JSONResponse:
     checks = await run_in_threadpool(_check, state)
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse(

@@ -6,7 +6,9 @@ process gives fleet-wide figures; scrape one, not all, or the sums double.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.concurrency import run_in_threadpool
@@ -33,8 +35,12 @@ def metrics_registry(wiring: Wiring, settings: Settings) -> CollectorRegistry:
     return registry
 
 
-@router.get("/metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
+def get_registry(request: Request) -> CollectorRegistry:
     registry: CollectorRegistry = request.app.state.metrics_registry
+    return registry
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(registry: Annotated[CollectorRegistry, Depends(get_registry)]) -> Response:
     body = await run_in_threadpool(generate_latest, registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -9,13 +9,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from api_shim.auth import authenticated_project
+from api_shim.deps import CallerProject, State, read_limited_body
 from api_shim.problems import ApiProblem
-from api_shim.state import AppState
 from api_shim.views import batch_response, write_result
 from writejobs.clock import iso, utcnow
 from writejobs.core.contract import WriteRequest, parse_write_request
-from writejobs.intake.write import Accepted, EnqueueFailed, WriteTarget, accept_write
+from writejobs.intake.write import Accepted, WriteTarget, accept_write
 
 router = APIRouter()
 
@@ -36,8 +35,9 @@ _REQUEST_SCHEMA = {
 )
 async def write_records(
     request: Request,
-    projectIdOrName: str,
-    integrationId: str,
+    state: State,
+    project: CallerProject,
+    integrationId: str,  # noqa: N803
     objectName: str,  # noqa: N803
 ) -> Response:
     """Create, update or delete records: synchronously, asynchronously, or auto-batched.
@@ -45,18 +45,9 @@ async def write_records(
     200 for every success; 400 text/plain for a bad request; 422 when the
     provider refused every record; problem+json for everything else.
     """
-    project = await authenticated_project(request, projectIdOrName)
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise ApiProblem(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
-    write = parse_write_request(body)
-    state: AppState = request.app.state.writejobs
+    write = parse_write_request(await read_limited_body(request, MAX_BODY_BYTES))
     target = WriteTarget(project, integrationId, objectName)
-    try:
-        accepted = await run_in_threadpool(accept_write, target, write, state.deps, state.dispatch)
-    except EnqueueFailed as exc:
-        remedy = "The queue is unavailable; send the write again."
-        raise ApiProblem(503, str(exc), retryable=True, remedy=remedy) from exc
+    accepted = await run_in_threadpool(accept_write, target, write, state.deps, state.dispatch)
     state.metrics.count("writes_accepted", shape=accepted.operation.shape)
     return _answer(accepted, write)
 

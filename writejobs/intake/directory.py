@@ -30,12 +30,19 @@ class TtlCache(Generic[T]):
         self._entries: dict[Hashable, tuple[float, T | None]] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, load: Callable[[], T | None]) -> T | None:
-        now = time.monotonic()
+    def peek(self, key: Hashable) -> tuple[bool, T | None]:
+        """(True, value) for a live entry, (False, None) when it must be loaded."""
         with self._lock:
             hit = self._entries.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        if hit is not None and hit[0] > time.monotonic():
+            return True, hit[1]
+        return False, None
+
+    def get(self, key: Hashable, load: Callable[[], T | None]) -> T | None:
+        found, cached = self.peek(key)
+        if found:
+            return cached
+        now = time.monotonic()
         value = load()
         with self._lock:
             if len(self._entries) >= self.max_entries:
@@ -58,6 +65,10 @@ class TenantDirectory:
         return self._projects.get(
             key_hash, lambda: self._load(lambda s: tenants_repo.project_for_api_key(s, plain_key))
         )
+
+    def cached_project_for_api_key(self, plain_key: str) -> Project | None:
+        """The project, only if the cache already holds it: no SQL, so an event loop may call it."""
+        return self._projects.peek(tenants_repo.hash_api_key(plain_key))[1]
 
     def integration(self, project_id: str, id_or_name: str) -> Integration | None:
         return self._integrations.get(
