@@ -1,13 +1,19 @@
 """The Celery app of the worker: thin tasks that hand ids to the domain.
 
-Run it with `writejobs worker` (or `celery -A worker.app worker`). Task
-arguments are operation or batch ids only; Flower shows them, and it must never
-show a customer's record.
+Run it with `writejobs worker` (or `celery -A worker.app worker`). What a task
+does lives in `writejobs.execution` (`run_operation`, `run_batch`); this module
+only binds those functions to task names. Task arguments are operation or batch
+ids only; Flower shows them, and it must never show a customer's record.
+
+Importing this module reads the settings once and builds the Celery app; the
+store and Redis are wired on a process's first task, so each forked pool child
+opens connections of its own and Flower (which imports this too) opens none.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from celery import Celery
@@ -15,45 +21,56 @@ from celery import Celery
 from writejobs import task_names
 from writejobs.execution.batch import run_batch
 from writejobs.execution.run import run_operation
-from writejobs.grouping.keys import Keys
 from writejobs.runtime.celery_config import celery_config
 from writejobs.runtime.log_config import configure_logging
-from writejobs.runtime.wiring import wire
+from writejobs.runtime.wiring import Wiring, wire
 from writejobs.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
+
+
+class _LazyWiring:
+    """This process's wiring, built on first use (and again in a forked child)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._wiring: Wiring | None = None
+        self._pid = 0
+
+    def __call__(self) -> Wiring:
+        if self._wiring is None or self._pid != os.getpid():
+            self._wiring, self._pid = wire(self.settings), os.getpid()
+        return self._wiring
 
 
 def create_celery(settings: Settings) -> Celery:
     """The worker's Celery app, with its tasks bound to the given settings."""
     app = Celery("writejobs")
     app.conf.update(celery_config(settings))
-    wiring = wire(settings)
-    deps = wiring.deps
-    client = wiring.redis
-    keys = Keys(settings.redis_namespace)
+    wiring = _LazyWiring(settings)
 
     def note_batch_start(batch_id: str) -> None:
         # Time from the claim (the 100th append, or the due time) to the write starting.
-        claimed_at = client.hget(keys.batch(batch_id), "claimed_at")
+        current = wiring()
+        claimed_at = current.redis.hget(current.batcher.keys.batch(batch_id), "claimed_at")
         if claimed_at is not None:
-            delay_ms = round((time.time() - float(claimed_at)) * 1000)
-            client.lpush(keys.samples("claim_to_start_ms"), delay_ms)
-            client.ltrim(keys.samples("claim_to_start_ms"), 0, 999)
+            waited_s = max(time.time() - float(claimed_at), 0.0)
+            current.metrics.observe("auto_batch_claim_to_start_seconds", waited_s)
 
     @app.task(name=task_names.WRITE_OPERATION)  # type: ignore[untyped-decorator]
     def write_operation(operation_id: str) -> str | None:
         """Write one asynchronous operation (single record or explicit batch)."""
-        state = run_operation(operation_id, deps)
+        state = run_operation(operation_id, wiring().deps)
         return state.value if state is not None else None
 
     @app.task(name=task_names.WRITE_BATCH)  # type: ignore[untyped-decorator]
     def write_batch(batch_id: str) -> dict[str, int]:
         """Write one flushed auto-batch; each member operation gets its own result."""
-        return run_batch(batch_id, deps, on_start=note_batch_start)
+        return run_batch(batch_id, wiring().deps, on_start=note_batch_start)
 
     return app
 
 
-configure_logging(load_settings())
-app = create_celery(load_settings())
+_settings = load_settings()
+configure_logging(_settings)
+app = create_celery(_settings)

@@ -3,6 +3,7 @@
     WritejobsError
     ├── ContractError            a request the contract refuses (maps to 400 text/plain)
     ├── NotFound                 an id unknown to, or foreign to, the caller's project
+    ├── CredentialsUnreadable    stored credentials this process's key cannot decrypt
     ├── InvalidTransition        a state change another delivery got to first
     ├── DeadlineExceeded         no time is left to try again
     └── ProviderError            a whole provider call failed
@@ -26,6 +27,13 @@ class ContractError(WritejobsError):
 
 class NotFound(WritejobsError):
     """The thing asked for does not exist in the caller's project."""
+
+
+class CredentialsUnreadable(WritejobsError):
+    """Stored credentials this process cannot read: another key wrote them, or no key is valid.
+
+    The message says which key to set; it never holds the credentials themselves.
+    """
 
 
 class InvalidTransition(WritejobsError):

@@ -15,10 +15,11 @@ from tests.support.servers import serve_in_thread
 from writejobs.clock import utcnow
 from writejobs.errors import PermanentProviderError
 from writejobs.providers.base import WriteItem, WriteOptions
-from writejobs.providers.connect import open_adapter
+from writejobs.providers.connect import ProviderClients
 from writejobs.providers.oauth import oauth2_credentials
 from writejobs.settings import Settings
 from writejobs.store import tenants_repo
+from writejobs.store.credentials import StoredCredentials
 from writejobs.store.db import create_session_factory, create_store_engine
 from writejobs.store.secrets import cipher_for
 from writejobs.store.tables import Installation
@@ -77,8 +78,16 @@ def store(settings: Settings) -> Iterator[Store]:
 
 def create_contact(installation: Installation, settings: Settings) -> bool:
     item = WriteItem({"email": f"{uuid.uuid4().hex[:10]}@example.com"})
-    with open_adapter(installation, settings) as adapter:
+    with _clients(settings).open_adapter(installation, settings) as adapter:
         return adapter.write_one("contacts", "create", item, WriteOptions()).success
+
+
+_vaults: dict[int, ProviderClients] = {}
+
+
+def _clients(settings: Settings) -> ProviderClients:
+    """One set of pooled clients per settings, as a running process keeps."""
+    return _vaults.setdefault(id(settings), ProviderClients(StoredCredentials(settings)))
 
 
 def test_an_expired_token_is_renewed_once_and_stored_back_encrypted(

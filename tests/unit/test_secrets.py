@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
+from writejobs.errors import CredentialsUnreadable
 from writejobs.settings import Settings
 from writejobs.store.secrets import (
     CredentialCipher,
-    CredentialsUnreadable,
     cipher_for,
     key_file,
     load_or_create_key,

@@ -19,28 +19,31 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from importlib import resources
 
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from writejobs.clock import Clock, as_utc
+from writejobs.core.recorder import NoRecorder, Recorder
 from writejobs.failpoints import no_failpoint
-from writejobs.grouping.keys import (
-    APPEND_SCRIPT,
-    BATCH_LIMIT,
-    CLAIM_DUE_SCRIPT,
-    IS_BUFFERED_SCRIPT,
-    Keys,
-    group_key,
-)
-from writejobs.runtime import metrics
+from writejobs.grouping.keys import BATCH_LIMIT, Keys, group_key
 from writejobs.store import operations_repo
 from writejobs.store.tables import Operation
 
 log = logging.getLogger(__name__)
 
-# Samples kept per latency metric (newest first).
-_SAMPLES_KEPT = 1000
+
+def _lua(name: str, *, with_claim: bool = False) -> str:
+    """A script beside this module; `with_claim` prepends the shared claim function."""
+    here = resources.files(__package__)
+    source = here.joinpath(f"{name}.lua").read_text()
+    return here.joinpath("claim.lua").read_text() + source if with_claim else source
+
+
+APPEND_SCRIPT = _lua("append", with_claim=True)
+CLAIM_DUE_SCRIPT = _lua("claim_due", with_claim=True)
+IS_BUFFERED_SCRIPT = _lua("is_buffered")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,7 @@ class AutoBatcher:
         unsent_grace_s: float = 10.0,
         orphan_grace_s: float = 30.0,
         failpoint: Callable[[str], None] = no_failpoint,
+        recorder: Recorder | None = None,
     ) -> None:
         self.redis = client
         self.sessions = sessions
@@ -85,6 +89,7 @@ class AutoBatcher:
         self.unsent_grace_s = unsent_grace_s
         self.orphan_grace_s = orphan_grace_s
         self.failpoint = failpoint
+        self.recorder: Recorder = recorder or NoRecorder()
         self._append = client.register_script(APPEND_SCRIPT)
         self._claim_due = client.register_script(CLAIM_DUE_SCRIPT)
         self._is_buffered = client.register_script(IS_BUFFERED_SCRIPT)
@@ -211,24 +216,14 @@ class AutoBatcher:
         return rebuffered
 
     def _record_flush(self, claim: Claim, now: datetime, moved: int) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hincrby(
-            self.keys.metrics, metrics.field("auto_batch_flushes", {"reason": claim.reason}), 1
-        )
-        pipe.hincrby(self.keys.metrics, metrics.field("auto_batch_records_flushed", {}), moved)
-        for name, amount in metrics.histogram_fields("auto_batch_size", len(claim.member_ids), {}):
-            # Whole numbers (a batch size), so even the sum stays an integer field.
-            pipe.hincrby(self.keys.metrics, name, int(amount))
-        samples = {"batch_size": len(claim.member_ids)}
+        self.recorder.count("auto_batch_flushes", reason=claim.reason)
+        self.recorder.count("auto_batch_records_flushed", moved)
+        self.recorder.observe("auto_batch_size", len(claim.member_ids))
         if claim.reason == "time":
             earliest_due = self.redis.hget(self.keys.batch(claim.batch_id), "earliest_due")
             if earliest_due is not None:
-                lateness_ms = (now.timestamp() - float(earliest_due)) * 1000
-                samples["due_to_flush_ms"] = round(lateness_ms)
-        for name, value in samples.items():
-            pipe.lpush(self.keys.samples(name), value)
-            pipe.ltrim(self.keys.samples(name), 0, _SAMPLES_KEPT - 1)
-        pipe.execute()
+                lateness_s = now.timestamp() - float(earliest_due)
+                self.recorder.observe("auto_batch_flush_lateness_seconds", max(lateness_s, 0.0))
 
 
 def _text(value: object) -> str:

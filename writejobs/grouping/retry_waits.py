@@ -27,7 +27,7 @@ class RetryQueue:
         send_batch: Callable[[str], None],
     ) -> None:
         self.redis = client
-        self.key = f"{keys.namespace}:retry"
+        self.key = keys.retry
         self._senders = {"op": send_operation, "batch": send_batch}
 
     def schedule(self, kind: str, target_id: str, at: datetime) -> None:

@@ -78,6 +78,18 @@ CATALOG: dict[str, MetricInfo] = {
     "auto_batch_size": MetricInfo(
         "histogram", "Records per flushed auto-batch.", (), (1, 5, 10, 25, 50, 75, 99, 100)
     ),
+    "auto_batch_flush_lateness_seconds": MetricInfo(
+        "histogram",
+        "How long after its earliest member's due time a group was flushed by time.",
+        (),
+        (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    ),
+    "auto_batch_claim_to_start_seconds": MetricInfo(
+        "histogram",
+        "From an auto-batch's claim (its 100th record, or its due time) to its write starting.",
+        (),
+        (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    ),
 }
 
 # Not finished yet, or finished by running out of time: each a short range of the
@@ -103,7 +115,8 @@ def histogram_fields(name: str, value: float, labels: dict[str, str]) -> list[tu
 
 
 class Metrics:
-    """Adds to the fleet's counters and histograms; with no Redis client, does nothing."""
+    """Adds to the fleet's counters and histograms (a `Recorder`); with no Redis client,
+    does nothing."""
 
     def __init__(self, client: redis.Redis | None, keys: Keys, flush_s: float = 1.0) -> None:
         self._client = client
@@ -160,9 +173,6 @@ class Metrics:
         self._lock = threading.Lock()
         self._pending = {}
         self._flusher_pid = None
-
-
-NO_METRICS = Metrics(None, Keys())
 
 
 class FleetCollector(Collector):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,11 +18,12 @@ from writejobs.grouping.keys import Keys
 from writejobs.grouping.retry_waits import RetryQueue
 from writejobs.intake.directory import TenantDirectory
 from writejobs.intake.write import Dispatch
-from writejobs.providers.connect import open_adapter, open_bulk_ingest
+from writejobs.providers.connect import ProviderClients
 from writejobs.runtime.celery_config import create_sender
 from writejobs.runtime.metered import metered
 from writejobs.runtime.metrics import Metrics
 from writejobs.settings import Settings
+from writejobs.store.credentials import StoredCredentials
 from writejobs.store.db import create_session_factory, create_store_engine
 from writejobs.store.group_commit import GroupCommitter
 
@@ -56,14 +58,15 @@ def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
         retries.schedule(kind, target_id, at)
         metrics.count("retries_scheduled", kind=kind)
 
+    clients = _provider_clients(settings)
     deps = ExecutionDeps(
         settings=settings,
         sessions=create_session_factory(create_store_engine(settings)),
-        open_adapter=metered(open_adapter, metrics),
+        open_adapter=metered(clients.open_adapter, metrics),
         clock=clock,
         failpoint=failpoint,
         schedule_retry=schedule_retry,
-        open_bulk=open_bulk_ingest,
+        open_bulk=clients.open_bulk_ingest,
     )
 
     batcher = AutoBatcher(
@@ -75,8 +78,22 @@ def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
         unsent_grace_s=settings.unsent_grace_s,
         orphan_grace_s=settings.orphan_grace_s,
         failpoint=failpoint,
+        recorder=metrics,
     )
     directory = TenantDirectory(deps.sessions)
     committer = GroupCommitter(deps.sessions)
     dispatch = Dispatch(send_operation, batcher.buffer, directory, committer.commit)
     return Wiring(deps, client, sender, batcher, dispatch, retries, metrics)
+
+
+# One per store URL and secret key for the life of the process, so every wiring (the
+# API's, each task's) shares the pooled provider connections and renewed tokens.
+_clients: dict[tuple[str, str], ProviderClients] = {}
+
+
+def _provider_clients(settings: Settings) -> ProviderClients:
+    secret = hashlib.sha256((settings.secret_key or "").encode()).hexdigest()
+    key = (settings.sqlalchemy_url, f"{settings.data_dir}|{secret}")
+    if key not in _clients:
+        _clients[key] = ProviderClients(StoredCredentials(settings))
+    return _clients[key]

@@ -23,18 +23,11 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from writejobs.errors import WritejobsError
+from writejobs.errors import CredentialsUnreadable
 from writejobs.settings import Settings
 
 KEY_FILE_NAME = "secret.key"
 SECRET_KEY_VARIABLE = "WRITEJOBS_SECRET_KEY"
-
-
-class CredentialsUnreadable(WritejobsError):
-    """Stored credentials this process cannot read: another key wrote them, or no key is valid.
-
-    The message says which key to set; it never holds the credentials themselves.
-    """
 
 
 class CredentialCipher:
