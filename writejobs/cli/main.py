@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from writejobs.cli import pieces
 from writejobs.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -167,27 +168,14 @@ def _print_urls(details: dict[str, str], settings: Settings) -> None:
 @app.command()
 def api() -> None:
     """Run the HTTP API (uvicorn) on WRITEJOBS_API_HOST:WRITEJOBS_API_PORT."""
-    import uvicorn
-
-    from api_shim.app import create_app
-    from writejobs.runtime.log_config import configure_logging
-
-    settings = load_settings()
-    configure_logging(settings)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.api_host,
-        port=settings.api_port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-    )
+    pieces.serve_api(load_settings())
 
 
 @app.command()
 def worker() -> None:
     """Run a Celery worker (prefork, late acks, prefetch 1)."""
     settings = load_settings()
-    _exec_celery(
+    pieces.exec_celery(
         "worker",
         "--loglevel",
         settings.log_level,
@@ -206,41 +194,19 @@ def worker() -> None:
 def flower() -> None:
     """Run Flower, the Celery monitor, on 127.0.0.1:WRITEJOBS_FLOWER_PORT."""
     settings = load_settings()
-    _exec_celery("flower", f"--port={settings.flower_port}", "--address=127.0.0.1")
-
-
-def _exec_celery(*args: str) -> None:
-    import sys
-
-    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "worker.app", *args])
+    pieces.exec_celery("flower", f"--port={settings.flower_port}", "--address=127.0.0.1")
 
 
 @app.command()
 def scheduler() -> None:
     """Run the auto-batch grouper and recovery sweeps (any number may run side by side)."""
-    from scheduler.main import run_scheduler
-    from writejobs.runtime.log_config import configure_logging
-
-    settings = load_settings()
-    configure_logging(settings)
-    run_scheduler(settings)
+    pieces.run_scheduler(load_settings())
 
 
 @app.command()
 def sandbox() -> None:
-    """Run the sandbox provider (HubSpot wire format) on 127.0.0.1:WRITEJOBS_SANDBOX_PORT."""
-    import uvicorn
-
-    from sandbox.app import create_app
-
-    settings = load_settings()
-    uvicorn.run(
-        create_app(),
-        host="127.0.0.1",
-        port=settings.sandbox_port,
-        log_level="warning",
-        access_log=False,
-    )
+    """Run the sandbox provider (HubSpot, Salesforce, Opus) on 127.0.0.1:WRITEJOBS_SANDBOX_PORT."""
+    pieces.serve_sandbox(load_settings())
 
 
 @app.command()
