@@ -129,15 +129,17 @@ def running_scheduler(settings: Settings, name: str = "scheduler") -> Iterator[C
 
 
 @contextmanager
-def running_api(settings: Settings) -> Iterator[str]:
-    """The API as a process of its own (load tests: no GIL shared with the clients)."""
+def running_api(settings: Settings, workers: int = 1) -> Iterator[str]:
+    """The API as a process of its own (load tests: no GIL shared with the clients);
+    `workers` > 1 runs `writejobs api --workers N`."""
     import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     own = settings.model_copy(update={"api_port": port, "api_host": "127.0.0.1"})
-    child = start_child("api", ["api"], own)
+    args = ["api"] if workers == 1 else ["api", "--workers", str(workers)]
+    child = start_child("api", args, own)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30

@@ -166,9 +166,13 @@ def _print_urls(details: dict[str, str], settings: Settings) -> None:
 
 
 @app.command()
-def api() -> None:
+def api(
+    workers: Annotated[
+        int, typer.Option(min=1, help="API processes on the one port (for hosts with more cores).")
+    ] = 1,
+) -> None:
     """Run the HTTP API (uvicorn) on WRITEJOBS_API_HOST:WRITEJOBS_API_PORT."""
-    pieces.serve_api(load_settings())
+    pieces.serve_api(load_settings(), workers=workers)
 
 
 @app.command()

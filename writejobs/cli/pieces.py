@@ -15,20 +15,27 @@ from writejobs.runtime.log_config import configure_logging
 from writejobs.settings import Settings
 
 
-def serve_api(settings: Settings) -> None:
-    """The HTTP API on uvicorn, until it is stopped."""
+def serve_api(settings: Settings, workers: int = 1) -> None:
+    """The HTTP API on uvicorn, until it is stopped; `workers` > 1 forks that many
+    processes on one port (each wires itself from the environment's settings)."""
     import uvicorn
 
     from api_shim.app import create_app
 
     configure_logging(settings)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.api_host,
-        port=settings.api_port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-    )
+    host, port, level = settings.api_host, settings.api_port, settings.log_level.lower()
+    if workers > 1:
+        uvicorn.run(
+            "api_shim.app:create_app",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_level=level,
+            access_log=False,
+        )
+    else:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=level, access_log=False)
 
 
 def run_scheduler(settings: Settings) -> None:
