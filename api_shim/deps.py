@@ -1,6 +1,7 @@
 """What routes depend on, as typed FastAPI dependencies (the full-stack template's `deps.py`).
 
-Routes name what they need (`State`, `Sessions`, `CallerProject`) in their
+Routes name what they need (`State`, `Sessions`, `CallerProject`,
+`IdempotencyKey`) in their
 signatures instead of reading `request.app.state` by hand, so each route says
 what it touches and a test can override one dependency.
 """
@@ -16,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api_shim.problems import ApiProblem
 from api_shim.state import AppState
+from writejobs.intake.idempotency import HEADER, parse_key
 from writejobs.store.tables import Project
 
 
@@ -61,6 +63,23 @@ async def authenticated_project(
 
 
 CallerProject = Annotated[Project, Depends(authenticated_project)]
+
+
+def idempotency_key(
+    raw: Annotated[
+        str | None,
+        Header(
+            alias=HEADER,
+            description="Send the write again with the same key to get the first answer back, "
+            "not a second write (at most 255 characters, kept 24 hours, per project).",
+        ),
+    ] = None,
+) -> str | None:
+    """The request's `Idempotency-Key`, if it sent one; 400 text/plain for one we cannot keep."""
+    return None if raw is None else parse_key(raw)
+
+
+IdempotencyKey = Annotated[str | None, Depends(idempotency_key)]
 
 
 async def read_limited_body(request: Request, limit_bytes: int, remedy: str | None = None) -> bytes:

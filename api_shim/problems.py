@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from writejobs.clock import iso, utcnow
 from writejobs.errors import ContractError, NotFound
+from writejobs.intake.idempotency import KeyInFlight, KeyReused
 from writejobs.intake.write import EnqueueFailed
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,9 @@ _TITLES = {
     401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
+    409: "Conflict",
     413: "Content Too Large",
+    422: "Unprocessable Content",
     500: "Internal Server Error",
     502: "Bad Gateway",
     503: "Service Unavailable",
@@ -114,6 +118,23 @@ def install_handlers(app: FastAPI) -> None:
     async def _enqueue_failed(request: Request, exc: EnqueueFailed) -> Response:
         remedy = "The queue is unavailable; send the write again."
         return problem_response(request, ApiProblem(503, str(exc), retryable=True, remedy=remedy))
+
+    @app.exception_handler(KeyInFlight)
+    async def _key_in_flight(request: Request, exc: KeyInFlight) -> Response:
+        problem = ApiProblem(
+            409,
+            str(exc),
+            retryable=True,
+            retry_after=iso(utcnow() + timedelta(seconds=1)),
+            context={"operationId": exc.operation_id},
+            remedy="Send it again in a moment with the same key to get its answer.",
+        )
+        return problem_response(request, problem)
+
+    @app.exception_handler(KeyReused)
+    async def _key_reused(request: Request, exc: KeyReused) -> Response:
+        remedy = "Use a new Idempotency-Key for a different request."
+        return problem_response(request, ApiProblem(422, str(exc), remedy=remedy))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:

@@ -9,12 +9,13 @@ by `primaryKey`. Answers `{operationId}` at once; the worker runs the Bulk API
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
 
-from api_shim.deps import CallerProject, State, read_limited_body
+from api_shim.deps import CallerProject, IdempotencyKey, State, read_limited_body
+from api_shim.idempotent import answer_once
 from writejobs.core.bulk_contract import MAX_INLINE_CSV_BYTES, BulkUpsertRequest, parse_bulk_request
 from writejobs.intake.bulk import accept_bulk_upsert
+from writejobs.intake.idempotency import KeyClaim
 from writejobs.intake.write import WriteTarget
 
 router = APIRouter()
@@ -39,15 +40,21 @@ async def upsert_records_async(
     request: Request,
     state: State,
     project: CallerProject,
+    idempotency_key: IdempotencyKey,
     integrationId: str,  # noqa: N803
     objectName: str,  # noqa: N803
-) -> JSONResponse:
-    """200 `{operationId}` once the write is recorded; 400 text/plain for a bad request."""
+) -> Response:
+    """200 `{operationId}` once the write is recorded; 400 text/plain for a bad request.
+
+    An `Idempotency-Key` works as on the write endpoint: a repeat gets the first answer.
+    """
     body = await read_limited_body(request, MAX_BODY_BYTES, remedy=_TOO_LARGE_REMEDY)
     bulk, csv_content = parse_bulk_request(body)
     target = WriteTarget(project, integrationId, objectName)
-    op = await run_in_threadpool(
-        accept_bulk_upsert, target, bulk, csv_content, state.deps, state.dispatch
-    )
-    state.metrics.count("writes_accepted", shape=op.shape)
-    return JSONResponse({"operationId": op.id})
+
+    def perform(claim: KeyClaim | None) -> Response:
+        op = accept_bulk_upsert(target, bulk, csv_content, state.deps, state.dispatch, claim)
+        state.metrics.count("writes_accepted", shape=op.shape)
+        return JSONResponse({"operationId": op.id})
+
+    return await answer_once(state, project, idempotency_key, request, body, perform)

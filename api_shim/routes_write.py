@@ -7,13 +7,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 
-from api_shim.deps import CallerProject, State, read_limited_body
+from api_shim.deps import CallerProject, IdempotencyKey, State, read_limited_body
+from api_shim.idempotent import answer_once
 from api_shim.problems import ApiProblem
 from api_shim.views import batch_response, write_result
 from writejobs.clock import iso, utcnow
 from writejobs.core.contract import WriteRequest, parse_write_request
+from writejobs.intake.idempotency import KeyClaim
 from writejobs.intake.write import Accepted, WriteTarget, accept_write
 
 router = APIRouter()
@@ -37,19 +38,27 @@ async def write_records(
     request: Request,
     state: State,
     project: CallerProject,
+    idempotency_key: IdempotencyKey,
     integrationId: str,  # noqa: N803
     objectName: str,  # noqa: N803
 ) -> Response:
     """Create, update or delete records: synchronously, asynchronously, or auto-batched.
 
     200 for every success; 400 text/plain for a bad request; 422 when the
-    provider refused every record; problem+json for everything else.
+    provider refused every record; problem+json for everything else. With an
+    `Idempotency-Key`, a repeated request gets the first answer (409 while the
+    first is running, 422 problem+json when the key was used for another request).
     """
-    write = parse_write_request(await read_limited_body(request, MAX_BODY_BYTES))
+    body = await read_limited_body(request, MAX_BODY_BYTES)
+    write = parse_write_request(body)
     target = WriteTarget(project, integrationId, objectName)
-    accepted = await run_in_threadpool(accept_write, target, write, state.deps, state.dispatch)
-    state.metrics.count("writes_accepted", shape=accepted.operation.shape)
-    return _answer(accepted, write)
+
+    def perform(claim: KeyClaim | None) -> Response:
+        accepted = accept_write(target, write, state.deps, state.dispatch, claim)
+        state.metrics.count("writes_accepted", shape=accepted.operation.shape)
+        return _answer(accepted, write)
+
+    return await answer_once(state, project, idempotency_key, request, body, perform)
 
 
 def _answer(accepted: Accepted, write: WriteRequest) -> Response:

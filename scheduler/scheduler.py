@@ -1,4 +1,5 @@
-"""One scheduler pass: flush due auto-batches, and (less often) the recovery sweeps."""
+"""One scheduler pass: flush due auto-batches, and (less often) the recovery sweeps
+and the purge of expired idempotency keys."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from datetime import datetime
 
 from writejobs.grouping.autobatch import TickReport
 from writejobs.grouping.recovery import expire_overdue, requeue_stalled
+from writejobs.intake.idempotency import purge_expired
 from writejobs.runtime.wiring import Wiring
 from writejobs.settings import Settings
 
@@ -20,6 +22,7 @@ class SchedulerReport:
     retries_released: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
+    keys_purged: int = 0
 
 
 class Scheduler:
@@ -48,4 +51,5 @@ class Scheduler:
             report.expired = expire_overdue(
                 self.wiring.deps.sessions, now=now, grace_s=self.settings.watchdog_grace_s
             )
+            report.keys_purged = purge_expired(self.wiring.deps.sessions, now=now)
         return report

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     stalled_after_s: float = Field(default=300.0, gt=0)
     # The watchdog ends any operation still unfinished this long after its deadline.
     watchdog_grace_s: float = Field(default=60.0, gt=0)
+    # An `Idempotency-Key` is honoured this long after its first request (then purged).
+    idempotency_ttl_s: float = Field(default=86400.0, gt=0)
     # Hosts a bulk write's `recordsURL` may name over plain http and on any address,
     # comma-separated (the sandbox, in demos and tests); every other URL must be
     # https:// to a public address (see writejobs/safe_fetch.py).

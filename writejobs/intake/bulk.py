@@ -20,6 +20,7 @@ from writejobs.core.operations import State
 from writejobs.errors import ContractError
 from writejobs.execution.deps import ExecutionDeps
 from writejobs.execution.fetch_guard import FetchFailed, UnsafeUrl, check_url
+from writejobs.intake.idempotency import KeyClaim, accepted_answer
 from writejobs.intake.write import (
     Dispatch,
     EnqueueFailed,
@@ -28,7 +29,7 @@ from writejobs.intake.write import (
     new_operation,
 )
 from writejobs.providers.salesforce import PROVIDER as SALESFORCE
-from writejobs.store import operations_repo
+from writejobs.store import idempotency_repo, operations_repo
 from writejobs.store.tables import Installation, Operation
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,10 @@ def accept_bulk_upsert(
     csv_content: bytes | None,
     deps: ExecutionDeps,
     dispatch: Dispatch,
+    claim: KeyClaim | None = None,
 ) -> Operation:
-    """Commit the operation (and its inline CSV), then send its task; the operation.
+    """Commit the operation (and its inline CSV, and the `claim`'s idempotency key,
+    `done` with the answer), then send its task; the operation.
 
     Raises `NotFound` for an unknown integration, `ContractError` for an
     installation that is not Salesforce or a `recordsURL` we refuse to fetch,
@@ -59,6 +62,9 @@ def accept_bulk_upsert(
         refuse_unsafe_url(request.records_url, deps.settings.allowed_http_hosts)
     op = _new_operation(target, request, installation, deps)
     with deps.sessions() as session:
+        if claim is not None:
+            key = claim.row(op.id, op.created_at, accepted_answer(op.id))
+            idempotency_repo.insert_keys(session, [key])
         operations_repo.insert_operation(session, op)
         if csv_content is not None:
             operations_repo.store_payload(session, op.id, csv_content)

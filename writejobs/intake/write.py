@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
@@ -23,8 +23,9 @@ from writejobs.execution.deps import ExecutionDeps
 from writejobs.execution.run import attempt_write, request_items, write_options
 from writejobs.execution.settle import Attempt, settle
 from writejobs.intake.directory import TenantDirectory
+from writejobs.intake.idempotency import KeyClaim, accepted_answer
 from writejobs.providers.base import BatchOutcome, RecordResult
-from writejobs.store import operations_repo
+from writejobs.store import idempotency_repo, operations_repo
 from writejobs.store.tables import Installation, Operation, Project
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,16 @@ class Accepted:
     provider_error: ProviderError | None = None
 
 
-# record(operation row, its log rows): durable once it returns (see store.group_commit).
-Recorder = Callable[[dict[str, Any], list[dict[str, Any]]], None]
+class Recorder(Protocol):
+    """record(operation row, its log rows, its idempotency-key rows): durable once it
+    returns (see store.group_commit)."""
+
+    def __call__(
+        self,
+        operation: dict[str, Any],
+        logs: list[dict[str, Any]],
+        keys: Sequence[dict[str, Any]] = (),
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +77,17 @@ class Dispatch:
 
 
 def accept_write(
-    target: WriteTarget, request: WriteRequest, deps: ExecutionDeps, dispatch: Dispatch
+    target: WriteTarget,
+    request: WriteRequest,
+    deps: ExecutionDeps,
+    dispatch: Dispatch,
+    claim: KeyClaim | None = None,
 ) -> Accepted:
     """Validate routing, commit the operation row, then execute, enqueue or buffer it.
+
+    With a `claim`, its idempotency key is committed with the operation row
+    (`in_flight` for a synchronous write, `done` otherwise; see intake.idempotency),
+    and a key already taken raises `IntegrityError` with nothing recorded.
 
     Raises `NotFound` for an unknown integration, `ContractError` for a request
     the installation cannot take, and `EnqueueFailed` when the broker is down.
@@ -93,14 +110,16 @@ def accept_write(
         },
     )
     if not request.is_async:
+        keys = [] if claim is None else [claim.row(op.id, op.created_at, None)]
         with deps.sessions() as session:
-            _record_alone(session, op, accepted)
+            _record_alone(session, op, accepted, keys)
             return _run_inline(session, op, installation, request, deps)
+    keys = [] if claim is None else [claim.row(op.id, op.created_at, accepted_answer(op.id))]
     if dispatch.record is not None:
-        dispatch.record(operations_repo.operation_row(op), [accepted])
+        dispatch.record(operations_repo.operation_row(op), [accepted], keys)
     else:
         with deps.sessions() as session:
-            _record_alone(session, op, accepted)
+            _record_alone(session, op, accepted, keys)
     try:
         if op.shape == "auto_batch":
             dispatch.buffer_operation(op)
@@ -119,7 +138,10 @@ def accept_write(
     return Accepted(op)
 
 
-def _record_alone(session: Session, op: Operation, accepted: dict[str, Any]) -> None:
+def _record_alone(
+    session: Session, op: Operation, accepted: dict[str, Any], keys: list[dict[str, Any]]
+) -> None:
+    idempotency_repo.insert_keys(session, keys)
     operations_repo.insert_operation(session, op)
     operations_repo.add_logs(session, [accepted])
     session.commit()

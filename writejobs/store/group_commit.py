@@ -8,7 +8,9 @@ whatever arrived while the previous commit ran, in one transaction, and wakes
 them. A request still returns only once its own rows are committed.
 
 If a group's transaction fails, its writes are committed one by one, so one
-bad row fails only its own request.
+bad row fails only its own request. A write may carry idempotency-key rows: they
+commit with their operation, and a key already taken fails only its own write
+(with the `IntegrityError` its request looks for).
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Table, insert
 from sqlalchemy.orm import Session, sessionmaker
 
+from writejobs.store import idempotency_repo
 from writejobs.store.tables import Operation, OperationLog
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,7 @@ MAX_GROUP = 256
 class _Ticket:
     operation: dict[str, Any]
     logs: list[dict[str, Any]]
+    keys: Sequence[dict[str, Any]] = ()
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
@@ -54,13 +59,19 @@ class GroupCommitter:
         self._thread: threading.Thread | None = None
         self.groups_committed = 0
 
-    def commit(self, operation: dict[str, Any], logs: list[dict[str, Any]]) -> None:
-        """Insert the operation and its log rows; return once they are committed.
+    def commit(
+        self,
+        operation: dict[str, Any],
+        logs: list[dict[str, Any]],
+        keys: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        """Insert the operation, its log rows and its idempotency keys; return once
+        they are committed.
 
         Raises what the database raised when they could not be.
         """
         self._ensure_started()
-        ticket = _Ticket(operation, logs)
+        ticket = _Ticket(operation, logs, keys)
         self._queue.put(ticket)
         ticket.done.wait()
         if ticket.error is not None:
@@ -106,6 +117,9 @@ class GroupCommitter:
 
     def _write(self, group: list[_Ticket]) -> None:
         with self._sessions() as session:
+            # Keys first: on PostgreSQL a key another transaction holds waits here,
+            # before this group has written anything.
+            idempotency_repo.insert_keys(session, [row for t in group for row in t.keys])
             # One executemany per set of columns: rows leave out their unset columns
             # (so the columns' defaults apply), and shapes set different ones.
             for rows in _by_columns([t.operation for t in group]):

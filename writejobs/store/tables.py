@@ -152,3 +152,28 @@ class OperationLog(Base):
     msg: Mapped[str] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class IdempotencyKey(Base):
+    """A client's `Idempotency-Key`, scoped to its project, and the answer it stands for.
+
+    Inserted in the same transaction as the operation it names, so "the write is
+    recorded" and "the key is taken" cannot diverge. `in_flight` while a
+    synchronous write runs; `done` once its answer is stored (an asynchronous
+    write's answer is known at commit, so it starts `done`). Purged after `expires_at`.
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_keys_expires_at", "expires_at"),)
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # SHA-256 (hex) of the method, the path and the body: the same key must mean the same request.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(10))
+    operation_id: Mapped[str] = mapped_column(String(36))
+    # The API's answer (a JSON document), replayed byte for byte.
+    response_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    response_body: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
