@@ -15,11 +15,11 @@ import pytest
 from sqlalchemy import func, select
 
 from api_shim.app import create_app
+from scheduler.scheduler import Scheduler
 from tests.support.contract import assert_problem, assert_write_response
 from tests.support.servers import serve_in_thread
 from tests.support.system import Tenant, create_tenant
 from writejobs.clock import utcnow
-from writejobs.intake.idempotency import purge_expired
 from writejobs.runtime.wiring import Wiring, wire
 from writejobs.settings import Settings
 from writejobs.store.tables import IdempotencyKey, Operation
@@ -235,7 +235,7 @@ def test_a_key_expires_after_its_time_and_is_then_a_new_request(system: System) 
     assert system.operations() == 2
 
 
-def test_the_sweep_purges_expired_keys_and_keeps_the_others(system: System) -> None:
+def test_the_scheduler_purges_expired_keys_and_keeps_the_others(system: System) -> None:
     with system.client() as client:
         for key in ("a", "b"):
             body = _async_create(system.tenant)
@@ -243,7 +243,7 @@ def test_the_sweep_purges_expired_keys_and_keeps_the_others(system: System) -> N
             system.clock.advance(3600)
     # When the sweep runs just after the first key's time is up
     now = system.clock() + timedelta(seconds=system.settings.idempotency_ttl_s - 5400)
-    purged = purge_expired(system.wiring.deps.sessions, now=now)
+    purged = Scheduler(system.settings, system.wiring).tick(now).keys_purged
     # Then only the first key is gone
     with system.wiring.deps.sessions() as session:
         left = session.scalars(

@@ -118,8 +118,10 @@ class GroupCommitter:
     def _write(self, group: list[_Ticket]) -> None:
         with self._sessions() as session:
             # Keys first: on PostgreSQL a key another transaction holds waits here,
-            # before this group has written anything.
-            idempotency_repo.insert_keys(session, [row for t in group for row in t.keys])
+            # before this group has written anything; in one order, so two API
+            # processes' groups never wait on each other's keys crosswise.
+            keys = sorted((row for t in group for row in t.keys), key=_key_of)
+            idempotency_repo.insert_keys(session, keys)
             # One executemany per set of columns: rows leave out their unset columns
             # (so the columns' defaults apply), and shapes set different ones.
             for rows in _by_columns([t.operation for t in group]):
@@ -134,6 +136,10 @@ def _by_columns(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     for row in rows:
         groups.setdefault(tuple(sorted(row)), []).append(row)
     return list(groups.values())
+
+
+def _key_of(row: dict[str, Any]) -> tuple[str, str]:
+    return (row["project_id"], row["key"])
 
 
 def _fail(ticket: _Ticket, error: BaseException) -> None:
