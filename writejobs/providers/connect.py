@@ -9,24 +9,37 @@ worker child starts with an empty pool of its own.
 Credentials come through a `CredentialVault` (the store's `StoredCredentials`
 in a running system): decrypted once, when the client is built, and a renewed
 token handed back to it. This module runs no SQL.
+
+With `on_rate_limit`, every answer an installation's client receives is read by
+its provider's `read_rate_limit` and what it said is handed to the callback with
+the installation's `Account` (the fleet's limiter learns from it).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
 import httpx
 
+from writejobs.clock import Clock, utcnow
+from writejobs.core.flow import Account, RateLimitObservation
 from writejobs.errors import CredentialsUnreadable, RetryableProviderError
 from writejobs.providers.base import ProviderAdapter
+from writejobs.providers.http_common import rate_limit_hook
 from writejobs.providers.oauth import InstallationAuth
-from writejobs.providers.registry import build_adapter
+from writejobs.providers.registry import build_adapter, rate_limit_reader
 from writejobs.providers.salesforce_bulk import SalesforceBulkIngest
 from writejobs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# on_rate_limit(account, observation): what an answer said of the account's limits.
+RateLimitListener = Callable[[Account, RateLimitObservation], None]
 
 
 class InstallationRef(Protocol):
@@ -57,8 +70,16 @@ class CredentialVault(Protocol):
 class ProviderClients:
     """Opens adapters and bulk ingest clients over one pooled HTTP client per installation."""
 
-    def __init__(self, vault: CredentialVault) -> None:
+    def __init__(
+        self,
+        vault: CredentialVault,
+        *,
+        on_rate_limit: RateLimitListener | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
         self.vault = vault
+        self._on_rate_limit = on_rate_limit
+        self._clock = clock
         # (pid, installation id, base URL, timeout in seconds) -> the installation's client.
         self._clients: dict[tuple[int, str, str, float], httpx.Client] = {}
         # (pid, timeout in seconds) -> the client that sends token requests, for every installation.
@@ -112,4 +133,23 @@ class ProviderClients:
             on_refresh=lambda renewed: self.vault.store(installation_id, renewed),
             load_latest=lambda: self.vault.load_latest(installation_id),
         )
-        return httpx.Client(base_url=installation.base_url, auth=auth, timeout=timeout_s)
+        return httpx.Client(
+            base_url=installation.base_url,
+            auth=auth,
+            timeout=timeout_s,
+            event_hooks={"response": self._response_hooks(installation)},
+        )
+
+    def _response_hooks(self, installation: InstallationRef) -> list[Callable[..., Any]]:
+        listener, read = self._on_rate_limit, rate_limit_reader(installation.provider)
+        if listener is None or read is None:
+            return []
+        account = Account(installation.provider, installation.id)
+
+        def heard(observation: RateLimitObservation) -> None:
+            try:
+                listener(account, observation)
+            except Exception:  # pacing is advice: it must never fail the write it heard
+                log.warning("installation %s: rate limit not learned", account.key, exc_info=True)
+
+        return [rate_limit_hook(read, heard, clock=self._clock)]

@@ -9,7 +9,10 @@ so they are written, and tested, once:
 - a 401 or 403 fails the whole call (bad credentials fail every record alike),
   while any other refusal of a single-record call is the record's rejection;
 - a batch is written in chunks of the provider's limit, and a chunk whose call
-  fails marks its own records failed without losing the other chunks' results.
+  fails marks its own records failed without losing the other chunks' results;
+- what an answer says of the account's rate limits is read by each adapter
+  module's `read_rate_limit`, and `rate_limit_hook` hands it on from every
+  answer of a client (an httpx response event hook), so no call path changes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Any
 
 import httpx
 
+from writejobs.clock import Clock
+from writejobs.core.flow import RateLimitObservation
 from writejobs.errors import PermanentProviderError, ProviderError, RetryableProviderError
 from writejobs.providers.base import BatchOutcome, RecordResult, WriteItem
 
@@ -32,6 +37,11 @@ CALL_FAILURE_STATUSES = frozenset({401, 403})
 _RETRYABLE_STATUSES = frozenset({408, 429})
 
 ChunkWriter = Callable[[list[WriteItem]], BatchOutcome]
+# A provider module's `read_rate_limit`: what one answer says of the limits, or None.
+RateLimitReader = Callable[[httpx.Response, datetime], RateLimitObservation | None]
+# Statuses whose body a reader needs (HubSpot's 429 names its policy, Salesforce's 403
+# its error code); small bodies, read before the caller sees the response.
+_LIMIT_BODY_STATUSES = frozenset({403, 429})
 
 
 def is_retryable_status(status_code: int) -> bool:
@@ -170,3 +180,44 @@ def write_in_chunks(
 def first_text(values: Iterable[Any]) -> str | None:
     """The first non-empty string among `values` (a provider's message under any of its keys)."""
     return next((v for v in values if isinstance(v, str) and v.strip()), None)
+
+
+def header_number(response: httpx.Response, name: str) -> float | None:
+    """A header holding a finite, non-negative number, or None (absent or unreadable)."""
+    raw = response.headers.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def header_int(response: httpx.Response, name: str) -> int | None:
+    """A header holding a whole non-negative number, or None."""
+    value = header_number(response, name)
+    return int(value) if value is not None and value.is_integer() else None
+
+
+def rate_limit_hook(
+    read: RateLimitReader,
+    on_observation: Callable[[RateLimitObservation], None],
+    *,
+    clock: Clock,
+) -> Callable[[httpx.Response], None]:
+    """An httpx `event_hooks["response"]` entry: every answer's observation, to the callback.
+
+    The hook runs before the client reads the body, so it reads it for a 403 or 429
+    (whose body names the limit); other bodies are left to stream. A callback that
+    raises must not fail the write: it is the caller's job to keep it from raising.
+    """
+
+    def hook(response: httpx.Response) -> None:
+        if response.status_code in _LIMIT_BODY_STATUSES:
+            response.read()
+        observation = read(response, clock())
+        if observation is not None:
+            on_observation(observation)
+
+    return hook

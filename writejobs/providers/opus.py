@@ -13,6 +13,9 @@ The client's `base_url` is the region's records service, e.g.
 
 Opus has one submit call and no delete, so creates submit with `Skip` (never
 overwrite what is there), updates with `Overwrite`, and deletes fail per record.
+
+Opus publishes no rate limits; `read_rate_limit` reads the one signal it gives, a
+429 with `Retry-After`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any, Literal
 import httpx
 
 from writejobs.clock import Clock, utcnow
+from writejobs.core.flow import RateLimitObservation
 from writejobs.errors import ProviderError
 from writejobs.providers.base import (
     BatchOutcome,
@@ -35,6 +39,7 @@ from writejobs.providers.http_common import (
     failed_chunk,
     first_text,
     is_retryable_status,
+    parse_retry_after,
     read_json,
     rejects_the_record,
     response_failure,
@@ -208,6 +213,17 @@ def classify_failure(
         message = text[:500] if text else f"HTTP {failure.status_code} {failure.reason_phrase}"
     retryable = is_retryable_status(failure.status_code)
     return response_failure(failure, message, provider=PROVIDER, retryable=retryable, now=now)
+
+
+def read_rate_limit(response: httpx.Response, now: datetime) -> RateLimitObservation | None:
+    """A 429 is Opus throttling the call, for its `Retry-After` (seconds or an HTTP-date,
+    relative to `now`); any other answer says nothing of limits (None)."""
+    if response.status_code != 429:
+        return None
+    retry_after_s = parse_retry_after(response.headers.get("Retry-After"), now=now)
+    return RateLimitObservation(
+        policy="rolling", reset_after_s=retry_after_s, retry_after_s=retry_after_s
+    )
 
 
 def row_key(record: dict[str, Any]) -> str | None:

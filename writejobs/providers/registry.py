@@ -1,4 +1,5 @@
-"""Which adapter writes to which provider: the one place that maps a name to a class."""
+"""Which adapter writes to which provider, and which function reads its rate limits: the
+one place that maps a provider's name to its code."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from collections.abc import Callable
 import httpx
 
 from writejobs.errors import ContractError
+from writejobs.providers import hubspot, opus, salesforce
 from writejobs.providers.base import ProviderAdapter
+from writejobs.providers.http_common import RateLimitReader
 from writejobs.providers.hubspot import HubSpotAdapter
 from writejobs.providers.opus import OpusAdapter
 from writejobs.providers.salesforce import SalesforceAdapter
@@ -28,3 +31,15 @@ def build_adapter(provider: str, client: httpx.Client) -> ProviderAdapter:
         known = ", ".join(sorted(_ADAPTERS))
         raise ContractError(f"unknown provider {provider!r}; known providers: {known}") from None
     return factory(client)
+
+
+_RATE_LIMIT_READERS: dict[str, RateLimitReader] = {
+    "hubspot": hubspot.read_rate_limit,
+    "opus": opus.read_rate_limit,
+    "salesforce": salesforce.read_rate_limit,
+}
+
+
+def rate_limit_reader(provider: str) -> RateLimitReader | None:
+    """The provider module's `read_rate_limit`, or None for a provider with none."""
+    return _RATE_LIMIT_READERS.get(provider)

@@ -13,6 +13,8 @@ Errors come as `[{message, errorCode}]` (save results: `[{statusCode, message}]`
 `classify_failure` is the one place that knows which of them are worth retrying:
 `REQUEST_LIMIT_EXCEEDED` (which Salesforce sends with a 403), `UNABLE_TO_LOCK_ROW`
 and `SERVER_UNAVAILABLE`, beside the statuses every provider shares (`http_common`).
+`read_rate_limit` reads the org's 24-hour usage from `Sforce-Limit-Info`, which every
+REST answer carries, and tells a spent allowance from too many concurrent requests.
 
 Not here yet: Bulk API 2.0 for large loads, and OAuth (the caller's client carries
 a bearer token).
@@ -20,6 +22,7 @@ a bearer token).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Literal
@@ -28,6 +31,7 @@ from urllib.parse import quote
 import httpx
 
 from writejobs.clock import Clock, utcnow
+from writejobs.core.flow import Policy, RateLimitObservation
 from writejobs.errors import ProviderError
 from writejobs.providers.base import (
     BatchOutcome,
@@ -41,6 +45,7 @@ from writejobs.providers.http_common import (
     first_text,
     is_retryable_status,
     json_objects,
+    parse_retry_after,
     read_json,
     rejects_the_record,
     response_failure,
@@ -61,6 +66,11 @@ RETRYABLE_ERROR_CODES = frozenset(
     {"REQUEST_LIMIT_EXCEEDED", "UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE"}
 )
 ROLLED_BACK = "ALL_OR_NONE_OPERATION_ROLLED_BACK"
+LIMIT_INFO_HEADER = "Sforce-Limit-Info"
+REQUEST_LIMIT_EXCEEDED = "REQUEST_LIMIT_EXCEEDED"
+# `api-usage=18/5000`: calls in the last 24 hours / the org's allowance. The header may
+# carry more parts (`per-app-api-usage=…`), so the org's pair is found by its name.
+_API_USAGE = re.compile(r"(?:^|[,;\s])api-usage=(\d+)/(\d+)")
 # A caller's headers ride along (Sforce-Duplicate-Rule-Header and friends), but never
 # these: they carry the installation's credentials or describe the body we send.
 _RESERVED_HEADERS = frozenset(
@@ -252,6 +262,43 @@ def classify_failure(
     retryable = is_retryable_status(failure.status_code) or bool(codes & RETRYABLE_ERROR_CODES)
     message = _join_errors(errors) or _fallback_message(failure)
     return response_failure(failure, message, provider=PROVIDER, retryable=retryable, now=now)
+
+
+def read_rate_limit(response: httpx.Response, now: datetime) -> RateLimitObservation | None:
+    """What a Salesforce answer says of the org's limits; None when it says nothing.
+
+    `Sforce-Limit-Info: api-usage=N/M` (on every REST answer) is the 24-hour
+    allowance `M`, of which `M - N` is left. `REQUEST_LIMIT_EXCEEDED` (a 403, body
+    `[{"message": "TotalRequests Limit exceeded.", "errorCode": …}]`) refuses the
+    call: `TotalRequests` is the spent day (policy `daily`; the window rolls, so no
+    reset hint), any other (`ConcurrentRequests`, 25 requests of 20 s or longer)
+    is `concurrent`. A 429, which the REST API does not document, is `rolling`.
+    """
+    daily_max = daily_remaining = None
+    usage = _API_USAGE.search(response.headers.get(LIMIT_INFO_HEADER, ""))
+    if usage is not None:
+        used, daily_max = int(usage.group(1)), int(usage.group(2))
+        daily_remaining = max(daily_max - used, 0)
+    policy: Policy | None = None
+    if response.status_code == 429:
+        policy = "rolling"
+    elif response.status_code >= 400:
+        errors = _error_items(read_json(response))
+        limited = [e for e in errors if e.get("errorCode") == REQUEST_LIMIT_EXCEEDED]
+        if limited:
+            message = str(limited[0].get("message") or "")
+            policy = "daily" if "TotalRequests" in message else "concurrent"
+    retry_after_s = None
+    if policy is not None:
+        retry_after_s = parse_retry_after(response.headers.get("Retry-After"), now=now)
+    if daily_max is None and policy is None:
+        return None
+    return RateLimitObservation(
+        daily_max=daily_max,
+        daily_remaining=daily_remaining,
+        policy=policy,
+        retry_after_s=retry_after_s,
+    )
 
 
 def save_result(item: dict[str, Any], *, record_id: str | None = None) -> RecordResult:
