@@ -3,7 +3,8 @@
 One FastAPI app holds a router per provider (HubSpot, Salesforce and its Bulk
 API 2.0, AvePoint Opus) over one shared `SandboxState`, an OAuth2 token endpoint
 (`sandbox.oauth`) whose ended tokens every provider refuses, a file host for bulk
-writes' `recordsURL` (`sandbox.files`), plus `/_sandbox/*` routes that tests and
+writes' `recordsURL` (`sandbox.files`), per-token rate limits as each provider
+enforces them (`sandbox.limits`), plus `/_sandbox/*` routes that tests and
 benchmarks use to read what the providers saw and to reset them. Each provider
 answers errors, malformed bodies included, in its own shape.
 """
@@ -21,7 +22,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sandbox import files, hubspot, oauth, opus, salesforce, salesforce_bulk
 from sandbox.faults import FaultConfig, FaultMiddleware
+from sandbox.limits import LimitConfig, LimitMiddleware
 from sandbox.state import LoggedRequest, SandboxState, iso_now
+
+# Which provider serves each path, for the rate limits (Salesforce: its whole REST root).
+PROVIDER_PREFIXES = {
+    hubspot.OBJECTS_PREFIX: hubspot.PROVIDER,
+    salesforce.DATA_PREFIX: salesforce.PROVIDER,
+    opus.PREFIX: opus.PROVIDER,
+}
 
 
 def create_app(state: SandboxState | None = None) -> FastAPI:
@@ -39,8 +48,10 @@ def create_app(state: SandboxState | None = None) -> FastAPI:
     app.include_router(_control_router(state, issuer))
     app.include_router(files.create_router(state))
     _refuse_ended_tokens(app, issuer)
-    # Added last, so outermost: the log sees the faults too.
+    # Added last, so outermost: the log sees the refusals and the faults too, and a
+    # call over its limit is refused before any fault is rolled for it.
     app.add_middleware(FaultMiddleware, plan=state.faults)
+    app.add_middleware(LimitMiddleware, plan=state.limits, providers=PROVIDER_PREFIXES)
     app.add_middleware(RequestLogMiddleware, state=state)
 
     async def on_hubspot_error(_request: Request, error: Exception) -> Response:
@@ -124,6 +135,22 @@ def _control_router(state: SandboxState, issuer: oauth.TokenIssuer) -> APIRouter
     def clear_faults() -> Response:
         state.faults.clear()
         return Response(status_code=204)
+
+    @router.post("/limits", status_code=204)
+    def set_limit(config: LimitConfig) -> Response:
+        """Set one provider's limit for one bearer token, or `"*"` (see `sandbox.limits`)."""
+        state.limits.configure(config)
+        return Response(status_code=204)
+
+    @router.delete("/limits", status_code=204)
+    def clear_limits() -> Response:
+        state.limits.clear()
+        return Response(status_code=204)
+
+    @router.get("/limits/stats")
+    def limit_stats() -> dict[str, Any]:
+        """Per `provider:token_hash`: calls admitted and refused, the most in any window."""
+        return state.limits.stats()
 
     @router.get("/requests")
     def requests() -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sandbox.faults import FaultPlan
+from sandbox.limits import LimitPlan
 
 # Enough to look at a benchmark's recent traffic without growing without bound.
 MAX_LOGGED_REQUESTS = 10_000
@@ -72,6 +73,7 @@ class SandboxState:
         default_factory=lambda: deque(maxlen=MAX_LOGGED_REQUESTS)
     )
     faults: FaultPlan = field(default_factory=FaultPlan)
+    limits: LimitPlan = field(default_factory=LimitPlan)
     # The file host's files (`sandbox.files`) and how often each was fetched.
     files: dict[str, bytes] = field(default_factory=dict)
     file_fetches: Counter[str] = field(default_factory=Counter)
@@ -146,3 +148,4 @@ class SandboxState:
             self.files.clear()
             self.file_fetches.clear()
         self.faults.clear()
+        self.limits.clear()
