@@ -10,6 +10,9 @@ SQL. Keys, under a namespace prefix:
     {ns}:unsent           zset  claimed batches whose task is not known to be sent, by claim time
     {ns}:retry            zset  waits for a next attempt: `op:<id>` / `batch:<id>` by due time
     {ns}:metrics          hash  the fleet's counters and histograms (writejobs/runtime/metrics.py)
+    {ns}:rl:{account}     hash  an account's learned limit, pause and daily pacing (limiter.py)
+    {ns}:rl:{account}:w   zset  calls admitted in the account's window, scored by time (epoch s)
+    {ns}:rl:{account}:c   zset  the same, for the installation's configured limit
 
 A group is one provider batch's worth of compatible records: one installation
 (project, integration, groupRef), one object, one write type.
@@ -48,6 +51,15 @@ class Keys:
     @property
     def retry(self) -> str:
         return f"{self.namespace}:retry"
+
+    def rate_limit(self, account: str) -> str:
+        return f"{self.namespace}:rl:{account}"
+
+    def rate_window(self, account: str) -> str:
+        return f"{self.namespace}:rl:{account}:w"
+
+    def rate_cap_window(self, account: str) -> str:
+        return f"{self.namespace}:rl:{account}:c"
 
 
 def group_key(installation_id: str, object_name: str, write_type: str) -> str:

@@ -84,6 +84,23 @@ CATALOG: dict[str, MetricInfo] = {
         (),
         (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
     ),
+    "limiter_refusals": MetricInfo(
+        "counter",
+        "Provider calls the fleet's rate limiter held back (told to wait), by provider.",
+        ("provider",),
+    ),
+    "limiter_wait_seconds": MetricInfo(
+        "histogram",
+        "How long the rate limiter told a held-back provider call to wait, by provider.",
+        ("provider",),
+        (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0),
+    ),
+    "provider_429s": MetricInfo(
+        "counter",
+        "Provider refusals for a rate limit (429, or Salesforce's 403 REQUEST_LIMIT_EXCEEDED), "
+        "by provider and policy (rolling, daily, concurrent).",
+        ("provider", "policy"),
+    ),
     "auto_batch_claim_to_start_seconds": MetricInfo(
         "histogram",
         "From an auto-batch's claim (its 100th record, or its due time) to its write starting.",
