@@ -6,6 +6,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -13,7 +14,12 @@ import pytest
 
 from sandbox.limits import token_hash
 from writejobs.clock import utcnow
+from writejobs.core.flow import Account, RateLimitObservation
 from writejobs.providers import hubspot, opus, salesforce
+from writejobs.providers.base import WriteItem, WriteOptions
+from writejobs.providers.connect import ProviderClients
+from writejobs.providers.oauth import bearer_credentials
+from writejobs.settings import Settings
 
 CONTACTS = "/crm/v3/objects/contacts"
 SF_CONTACTS = "/services/data/v60.0/sobjects/Contact"
@@ -308,3 +314,48 @@ def test_the_adapters_read_the_sandbox_answers_as_the_providers(control: httpx.C
     assert heard[0] is None
     assert heard[1] is not None and heard[1].policy == "rolling"
     assert heard[1].retry_after_s is not None and heard[1].retry_after_s > 0
+
+
+@dataclass(frozen=True)
+class BearerInstallation:
+    """An installation as `ProviderClients` sees one (the store's row has these fields)."""
+
+    id: str
+    provider: str
+    base_url: str
+    credentials: str = "bearer"
+
+
+class BearerVault:
+    """A `CredentialVault` holding one bearer token, in memory."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def decrypt(self, encrypted: str) -> dict[str, Any]:
+        return bearer_credentials(self.token)
+
+    def load_latest(self, installation_id: str) -> dict[str, Any] | None:
+        return None
+
+    def store(self, installation_id: str, credentials: dict[str, Any]) -> None:
+        return None
+
+
+def test_an_installation_client_hands_every_limit_it_hears_to_the_listener(
+    control: httpx.Client,
+) -> None:
+    set_limit(control, provider="hubspot", token="t1", max=2, interval_ms=60_000)
+    heard: list[tuple[Account, RateLimitObservation]] = []
+    clients = ProviderClients(BearerVault("t1"), on_rate_limit=lambda a, o: heard.append((a, o)))
+    installation = BearerInstallation("inst-1", "hubspot", str(control.base_url).rstrip("/"))
+    items = [WriteItem({"email": f"{uuid.uuid4().hex[:8]}@example.com"}) for _ in range(3)]
+
+    with clients.open_adapter(installation, Settings()) as adapter:
+        outcome = adapter.write_batch("contacts", "create", items[:1], WriteOptions())
+        for item in items[1:]:
+            adapter.write_batch("contacts", "create", [item], WriteOptions())
+
+    assert outcome.success_count == 1
+    assert {account for account, _ in heard} == {Account("hubspot", "inst-1")}
+    assert [(o.remaining, o.policy) for _, o in heard] == [(1, None), (0, None), (0, "rolling")]

@@ -321,6 +321,43 @@ def create_installation(
         console.print(installation.id)
 
 
+@admin.command("set-rate-limit")
+def set_rate_limit(
+    project: str,
+    integration: str,
+    group_ref: str,
+    max_calls: Annotated[
+        int, typer.Option("--max", help="Calls allowed in any window of --interval-ms.")
+    ] = 0,
+    interval_ms: Annotated[int, typer.Option(help="The window, in milliseconds.")] = 0,
+    clear: Annotated[bool, typer.Option(help="Go back to the provider's default.")] = False,
+) -> None:
+    """Pace an installation's provider calls at its own limit, fleet-wide.
+
+    It replaces the provider kind's default, and what the provider's own rate limit
+    headers say can lower it but never raise it (a share of a customer's quota)."""
+    from writejobs.core.flow import RateLimit
+    from writejobs.store import tenants_repo
+
+    value = None
+    if not clear:
+        try:
+            value = RateLimit(max_calls, interval_ms / 1000).to_column()
+        except ValueError:
+            raise typer.BadParameter("give --max N and --interval-ms M, both above 0") from None
+    with _sessions() as session:
+        found = _project(session, project)
+        integ = tenants_repo.find_integration(session, found.id, integration)
+        installation = (
+            tenants_repo.find_installation(session, integ.id, group_ref) if integ else None
+        )
+        if installation is None:
+            raise typer.BadParameter(f"no installation {group_ref!r} of {integration!r}")
+        tenants_repo.set_rate_limit(session, installation.id, value)
+        session.commit()
+        console.print(f"{installation.id}: {value or 'provider default'}")
+
+
 def _credentials(
     token: str, client_id: str, client_secret: str, token_url: str, refresh_token: str
 ) -> dict[str, Any]:

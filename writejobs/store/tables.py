@@ -75,6 +75,9 @@ class Installation(Base):
     # The credentials JSON as a Fernet token (writejobs/secrets.py); older rows hold plain JSON.
     credentials: Mapped[str] = mapped_column(Text, default="{}")
     deletable_objects: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Its own provider rate limit, `{"max": N, "interval_ms": M}` (core.flow.RateLimit);
+    # None: the provider kind's default (writejobs/grouping/limiter.py).
+    rate_limit: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     config_id: Mapped[str] = mapped_column(String(36))
     created_at: Mapped[datetime]
 

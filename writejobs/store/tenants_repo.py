@@ -131,6 +131,18 @@ def update_credentials(
     return True
 
 
+def set_rate_limit(
+    session: Session, installation_id: str, rate_limit: dict[str, Any] | None
+) -> bool:
+    """Set (or, with None, clear) an installation's own rate limit; False when no such row."""
+    installation = session.get(Installation, installation_id)
+    if installation is None:
+        return False
+    installation.rate_limit = rate_limit
+    session.flush()
+    return True
+
+
 def find_installation(session: Session, integration_id: str, group_ref: str) -> Installation | None:
     statement = select(Installation).where(
         Installation.integration_id == integration_id, Installation.group_ref == group_ref
