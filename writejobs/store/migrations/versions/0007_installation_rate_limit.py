@@ -1,7 +1,7 @@
 """installation rate limit
 
 Revision ID: 0007
-Revises: 0003
+Revises: 0004
 Create Date: 2026-11-23 12:00:00.000000
 
 An installation's own provider rate limit (`{"max": N, "interval_ms": M}`), set by
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
