@@ -323,3 +323,14 @@ def test_an_unreachable_redis_lets_calls_go(keys: Keys) -> None:
 
     assert limiter.acquire(HUBSPOT, at(0)) == 0.0
     limiter.learn(HUBSPOT, RateLimitObservation(policy="daily"), at(0))  # no raise
+
+
+def test_an_attempt_of_several_calls_takes_a_slot_for_each(client: redis.Redis, keys: Keys) -> None:
+    limiter = limiter_for(client, keys, defaults={"opus": RateLimit(10, 10.0)})
+
+    assert limiter.acquire(OPUS, at(0), calls=7) == 0.0  # 100 records, 15 a call
+    assert limiter.acquire(OPUS, at(1), calls=4) == pytest.approx(9.0, abs=0.01)
+    assert limiter.acquire(OPUS, at(1), calls=3) == 0.0
+    # More calls than a window holds take a whole window, once it is free.
+    assert limiter.acquire(OPUS, at(11), calls=25) == 0.0
+    assert limiter.acquire(OPUS, at(11), calls=1) > 0

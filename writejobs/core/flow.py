@@ -92,8 +92,9 @@ class Account:
 class RateLimiter(Protocol):
     """The port the execution stage paces provider calls through (fleet-wide)."""
 
-    def acquire(self, account: Account, now: datetime) -> float:
-        """Take one call's slot: 0.0 means go now; otherwise seconds to wait (nothing taken)."""
+    def acquire(self, account: Account, now: datetime, calls: int = 1) -> float:
+        """Take the slots of an attempt's `calls` provider calls (one per chunk of a batch):
+        0.0 means go now; otherwise seconds to wait, with nothing taken."""
         ...
 
     def learn(self, account: Account, observation: RateLimitObservation, now: datetime) -> None:
@@ -104,7 +105,7 @@ class RateLimiter(Protocol):
 class NoRateLimiter:
     """Paces nothing: for tests and tools that call providers without the fleet's Redis."""
 
-    def acquire(self, account: Account, now: datetime) -> float:
+    def acquire(self, account: Account, now: datetime, calls: int = 1) -> float:
         return 0.0
 
     def learn(self, account: Account, observation: RateLimitObservation, now: datetime) -> None:

@@ -111,8 +111,13 @@ class RedisRateLimiter:
         """The window an account starts with: its configured limit, or its kind's default."""
         return account.configured or self.defaults.get(account.provider, FALLBACK_LIMIT)
 
-    def try_acquire(self, account: Account, now: datetime) -> tuple[bool, float]:
-        """Take a slot at `now`: (True, 0.0), or (False, seconds until one may be free)."""
+    def try_acquire(self, account: Account, now: datetime, calls: int = 1) -> tuple[bool, float]:
+        """Take `calls` slots at `now`: (True, 0.0), or (False, seconds until they may be free).
+
+        An attempt that makes more calls than a window holds takes a whole window.
+        """
+        if calls < 1:
+            raise ValueError(f"an attempt makes at least one call, not {calls}")
         start = self.limit_for(account)
         cap = account.configured
         name = _account_name(account)
@@ -131,6 +136,7 @@ class RedisRateLimiter:
                     repr(cap.interval_s if cap else 0.0),
                     repr(self.slack_s),
                     uuid.uuid4().hex,
+                    calls,
                 ],
             )
         except redis.RedisError as exc:
@@ -143,9 +149,9 @@ class RedisRateLimiter:
         self.recorder.observe("limiter_wait_seconds", wait_s, provider=account.provider)
         return False, wait_s
 
-    def acquire(self, account: Account, now: datetime) -> float:
-        """0.0: the call may go now (its slot is taken); otherwise seconds to wait."""
-        return self.try_acquire(account, now)[1]
+    def acquire(self, account: Account, now: datetime, calls: int = 1) -> float:
+        """0.0: the calls may go now (their slots are taken); otherwise seconds to wait."""
+        return self.try_acquire(account, now, calls)[1]
 
     def learn(self, account: Account, observation: RateLimitObservation, now: datetime) -> None:
         """Fold one provider answer into the account's limit (see the module docstring)."""
