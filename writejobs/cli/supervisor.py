@@ -67,6 +67,7 @@ class Supervisor:
     backoff_cap_s: float = BACKOFF_CAP_S
     stable_after_s: float = STABLE_AFTER_S
     children: list[Child] = field(default_factory=list)
+    stopping: bool = False
 
     def start(self, name: str, args: list[str]) -> Child:
         child = Child(name, args)
@@ -91,6 +92,8 @@ class Supervisor:
 
         Returns what it did, one line each (also passed to `report`).
         """
+        if self.stopping:
+            return []
         now = time.monotonic() if now is None else now
         events: list[str] = []
         for child in self.children:
@@ -111,6 +114,7 @@ class Supervisor:
 
     def stop_all(self, timeout_s: float = 15.0) -> None:
         """SIGTERM every child's process group (newest first), then SIGKILL stragglers."""
+        self.stopping = True
         for child in self.children:
             child.restart_at = None
         for child in reversed(self.children):
