@@ -288,7 +288,7 @@ def _cmdline(process: psutil.Process) -> str:
         return ""
 
 
-def _async_write(details: dict[str, str]) -> str:
+def _async_write(details: dict[str, str], email: str = "after-restart@example.com") -> str:
     path = (
         f"/v1/projects/{details['project']}/integrations/{details['integration']}"
         f"/objects/{details['object']}"
@@ -302,11 +302,24 @@ def _async_write(details: dict[str, str]) -> str:
                 "groupRef": details["group_ref"],
                 "type": "create",
                 "mode": "asynchronous",
-                "record": {"email": "after-restart@example.com"},
+                "record": {"email": email},
             },
         )
     assert response.status_code == 200, response.text
     return str(response.json()["operationId"])
+
+
+def _wait_ready(api_url: str, timeout_s: float = 60.0) -> None:
+    """Wait until the API's /readyz answers 200 (its database and Redis answer)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{api_url}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"{api_url}/readyz never answered 200")
 
 
 def _wait_success(details: dict[str, str], operation_id: str, timeout_s: float = 90.0) -> None:
@@ -348,6 +361,28 @@ def test_up_starts_a_killed_worker_again_and_a_write_then_completes(tmp_path: Pa
         # and SIGTERM still stops everything, counting the restart on the way out
         _stop_and_assert_nothing_left(run, signal.SIGTERM)
         assert "restarts this run: worker 1" in run.output(), run.diagnostics()
+
+
+@pytest.mark.timeout(240)
+def test_up_starts_a_killed_embedded_redis_again_and_writes_then_complete(tmp_path: Path) -> None:
+    # given a running `up` on embedded defaults
+    workdir = tmp_path.resolve()
+    with running_up(workdir, demo=False) as run:
+        run.wait_for(RUNNING_LINE, timeout_s=START_TIMEOUT_S)
+        details = json.loads((workdir / ".writejobs" / "demo.json").read_text())
+        worker = _piece(run, "worker.app worker")
+
+        # when the embedded Redis is SIGKILLed
+        _piece(run, "redis-server").kill()
+
+        # then `up` starts it again, and the worker (the same process) writes again
+        run.wait_for("embedded Redis exited; starting it again", timeout_s=30)
+        _wait_ready(details["api_url"])
+        _wait_success(details, _async_write(details, "after-redis@example.com"))
+        assert _alive(worker), run.diagnostics()
+
+        _stop_and_assert_nothing_left(run, signal.SIGTERM)
+        assert "restarts this run: redis 1" in run.output(), run.diagnostics()
 
 
 @pytest.mark.timeout(240)

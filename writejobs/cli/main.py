@@ -86,7 +86,7 @@ def up(
     supervisor = Supervisor(
         env=env,
         log_dir=str(settings.data_dir),
-        report=lambda line: console.print(f"[yellow]{line}[/]"),
+        report=lambda line: console.print(line, style="yellow", markup=False),
     )
     redis_restarts = 0
     try:
@@ -349,12 +349,9 @@ def create_installation(
             fields = read_credentials_file(credentials_file)
         except CredentialsFileError as exc:
             raise typer.BadParameter(str(exc)) from None
-        token, client_id, client_secret = (
-            fields["token"],
-            fields["client_id"],
-            fields["client_secret"],
-        )
-        token_url, refresh_token = fields["token_url"], fields["refresh_token"]
+        token, token_url = fields["token"], fields["token_url"]
+        client_id, client_secret = fields["client_id"], fields["client_secret"]
+        refresh_token = fields["refresh_token"]
     credentials = _credentials(token, client_id, client_secret, token_url, refresh_token)
     with _sessions() as session:
         found = _project(session, project)
