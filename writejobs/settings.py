@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     api_port: int = 8000
     sandbox_port: int = 8900
     flower_port: int = 5555
+    # Basic auth for Flower's pages, `user:password` (comma-separated for several);
+    # unset, `<data_dir>/flower.auth`, made on first use (see writejobs/cli/flower_auth.py).
+    flower_basic_auth: str | None = Field(default=None, repr=False)
     worker_concurrency: int = Field(default=2, ge=1)
     celery_queue: str = Field(default="writejobs", description="The queue write tasks go to.")
     redis_namespace: str = Field(default="wj", description="Prefix of every writejobs Redis key.")

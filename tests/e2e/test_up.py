@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -142,11 +144,12 @@ def _redis_servers_under(directory: Path) -> list[psutil.Process]:
 
 
 @contextmanager
-def running_up(workdir: Path) -> Iterator[UpRun]:
-    """Start `up --demo` in `workdir`; whatever the test does, stop it and all it started."""
+def running_up(workdir: Path, *, demo: bool = True) -> Iterator[UpRun]:
+    """Start `up --demo` (or `up`) in `workdir`; whatever the test does, stop it and all it
+    started."""
     ports = dict(zip(("api", "sandbox", "flower"), _free_ports(3), strict=True))
     process = subprocess.Popen(
-        [sys.executable, "-m", "writejobs", "up", "--demo"],
+        [sys.executable, "-m", "writejobs", "up", *(["--demo"] if demo else [])],
         cwd=workdir,
         env=_embedded_env(ports),
         stdin=subprocess.DEVNULL,
@@ -263,3 +266,144 @@ def test_up_stopped_by_sigterm_leaves_no_process(tmp_path: Path) -> None:
 
         # when SIGTERM (a service manager's stop) reaches `up`, then nothing is left
         _stop_and_assert_nothing_left(run, signal.SIGTERM)
+
+
+def _piece(run: UpRun, marker: str, timeout_s: float = 30.0) -> psutil.Process:
+    """The child of `up` whose command line holds `marker` (the piece itself, not its pool);
+    waited for, since a piece started as `python -m writejobs worker` execs into Celery."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = [p for p in psutil.Process(run.process.pid).children() if marker in _cmdline(p)]
+        if len(found) == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert len(found) == 1, run.diagnostics()
+    return found[0]
+
+
+def _cmdline(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline()) if _alive(process) else ""
+    except psutil.Error:
+        return ""
+
+
+def _async_write(details: dict[str, str], email: str = "after-restart@example.com") -> str:
+    path = (
+        f"/v1/projects/{details['project']}/integrations/{details['integration']}"
+        f"/objects/{details['object']}"
+    )
+    with httpx.Client(
+        base_url=details["api_url"], headers={"X-Api-Key": details["api_key"]}, timeout=30
+    ) as client:
+        response = client.post(
+            path,
+            json={
+                "groupRef": details["group_ref"],
+                "type": "create",
+                "mode": "asynchronous",
+                "record": {"email": email},
+            },
+        )
+    assert response.status_code == 200, response.text
+    return str(response.json()["operationId"])
+
+
+def _wait_ready(api_url: str, timeout_s: float = 60.0) -> None:
+    """Wait until the API's /readyz answers 200 (its database and Redis answer)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{api_url}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"{api_url}/readyz never answered 200")
+
+
+def _wait_success(details: dict[str, str], operation_id: str, timeout_s: float = 90.0) -> None:
+    path = f"/v1/projects/{details['project']}/operations/{operation_id}"
+    headers = {"X-Api-Key": details["api_key"]}
+    deadline = time.monotonic() + timeout_s
+    view: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        view = httpx.get(details["api_url"] + path, headers=headers, timeout=10).json()
+        if view["status"] != "in_progress":
+            break
+        time.sleep(0.3)
+    assert view.get("status") == "success", view
+
+
+@pytest.mark.timeout(240)
+def test_up_starts_a_killed_worker_again_and_a_write_then_completes(tmp_path: Path) -> None:
+    # given a running `up` on embedded defaults
+    workdir = tmp_path.resolve()
+    with running_up(workdir, demo=False) as run:
+        run.wait_for(RUNNING_LINE, timeout_s=START_TIMEOUT_S)
+        details = json.loads((workdir / ".writejobs" / "demo.json").read_text())
+        worker = _piece(run, "worker.app worker")
+        pool = worker.children()
+
+        # when the worker's main process is SIGKILLed (as the OOM killer would)
+        worker.kill()
+
+        # then `up` says so, ends the orphaned pool, and starts a new worker
+        run.wait_for("worker restarted", timeout_s=60)
+        assert "worker exited (code -9)" in run.output(), run.diagnostics()
+        assert [_describe(p) for p in pool if _alive(p)] == []
+        assert _piece(run, "worker.app worker").pid != worker.pid
+        # and the other pieces kept running
+        assert "api exited" not in run.output() and "scheduler exited" not in run.output()
+        # and a write sent now completes on the new worker
+        _wait_success(details, _async_write(details))
+
+        # and SIGTERM still stops everything, counting the restart on the way out
+        _stop_and_assert_nothing_left(run, signal.SIGTERM)
+        assert "restarts this run: worker 1" in run.output(), run.diagnostics()
+
+
+@pytest.mark.timeout(240)
+def test_up_starts_a_killed_embedded_redis_again_and_writes_then_complete(tmp_path: Path) -> None:
+    # given a running `up` on embedded defaults
+    workdir = tmp_path.resolve()
+    with running_up(workdir, demo=False) as run:
+        run.wait_for(RUNNING_LINE, timeout_s=START_TIMEOUT_S)
+        details = json.loads((workdir / ".writejobs" / "demo.json").read_text())
+        worker = _piece(run, "worker.app worker")
+
+        # when the embedded Redis is SIGKILLed
+        _piece(run, "redis-server").kill()
+
+        # then `up` starts it again, and the worker (the same process) writes again
+        run.wait_for("embedded Redis exited; starting it again", timeout_s=30)
+        _wait_ready(details["api_url"])
+        _wait_success(details, _async_write(details, "after-redis@example.com"))
+        assert _alive(worker), run.diagnostics()
+
+        _stop_and_assert_nothing_left(run, signal.SIGTERM)
+        assert "restarts this run: redis 1" in run.output(), run.diagnostics()
+
+
+@pytest.mark.timeout(240)
+def test_up_keeps_its_data_dir_private_and_flower_behind_the_demo_login(tmp_path: Path) -> None:
+    workdir = tmp_path.resolve()
+    with running_up(workdir, demo=False) as run:
+        run.wait_for(RUNNING_LINE, timeout_s=START_TIMEOUT_S)
+        data_dir = workdir / ".writejobs"
+        details = json.loads((data_dir / "demo.json").read_text())
+
+        # Flower's pages need the login demo.json names
+        flower = details["flower_url"] + "/"
+        login = (details["flower_user"], details["flower_password"])
+        assert httpx.get(flower, timeout=10).status_code == 401
+        assert httpx.get(flower, auth=login, timeout=10).status_code == 200
+
+        # and the data dir is 0700, every file in it 0600 (store, WAL, key, AOF, logs …)
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+        files = {p.name: stat.S_IMODE(p.stat().st_mode) for p in data_dir.iterdir() if p.is_file()}
+        expected = {"writejobs.db", "secret.key", "demo.json", "flower.auth", "worker.log"}
+        assert expected <= files.keys(), files
+        assert {name: mode for name, mode in files.items() if mode != 0o600} == {}
+
+        _stop_and_assert_nothing_left(run, signal.SIGINT)

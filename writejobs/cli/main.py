@@ -45,14 +45,19 @@ def up(
     ] = False,
 ) -> None:
     """Start everything on this machine: Redis (embedded if unset), API, worker, scheduler,
-    Flower and the sandbox provider. Ctrl-C stops them all."""
+    Flower and the sandbox provider. A piece that exits is started again (with backoff);
+    Ctrl-C stops them all."""
     from writejobs.cli.bootstrap import ensure_demo
     from writejobs.cli.embedded_redis import EmbeddedRedis
+    from writejobs.cli.flower_auth import first_user, flower_basic_auth
     from writejobs.cli.supervisor import Supervisor, python_module
+    from writejobs.private_files import PRIVATE_UMASK, narrow_files, private_dir
     from writejobs.store.migrate import migrate
 
     settings = load_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Everything `up` and its pieces write under the data dir is this user's alone.
+    os.umask(PRIVATE_UMASK)
+    narrow_files(private_dir(settings.data_dir))
     stop = threading.Event()
 
     def _stop(_signum: int, _frame: FrameType | None) -> None:
@@ -78,14 +83,23 @@ def up(
         data_dir=settings.data_dir,
         database_url=settings.database_url,
     )
-    supervisor = Supervisor(env=env, log_dir=str(settings.data_dir))
+    supervisor = Supervisor(
+        env=env,
+        log_dir=str(settings.data_dir),
+        report=lambda line: console.print(line, style="yellow", markup=False),
+    )
+    redis_restarts = 0
     try:
         migrate(child_settings)
         api_url = f"http://{settings.api_host}:{settings.api_port}"
         sandbox_url = f"http://127.0.0.1:{settings.sandbox_port}"
         flower_url = f"http://127.0.0.1:{settings.flower_port}"
         details = ensure_demo(
-            child_settings, api_url=api_url, sandbox_url=sandbox_url, flower_url=flower_url
+            child_settings,
+            api_url=api_url,
+            sandbox_url=sandbox_url,
+            flower_url=flower_url,
+            flower_login=first_user(flower_basic_auth(settings)),
         )
         supervisor.start("sandbox", python_module("writejobs", "sandbox"))
         supervisor.start("api", python_module("writejobs", "api"))
@@ -110,19 +124,24 @@ def up(
             if not stop.is_set():
                 console.print("[bold]writejobs is running.[/] Press Ctrl-C to stop.")
             while not stop.is_set():
-                dead = supervisor.exited()
-                if dead:
-                    names = ", ".join(c.name for c in dead)
+                supervisor.supervise()
+                if embedded is not None and embedded.exited() and not stop.is_set():
+                    redis_restarts += 1
                     console.print(
-                        f"[red]{names} stopped unexpectedly[/]; see {settings.data_dir}/*.log"
+                        f"[yellow]embedded Redis exited; starting it again "
+                        f"(restart {redis_restarts}; its AOF keeps what it accepted)[/]"
                     )
-                    break
+                    embedded.start()
                 stop.wait(0.5)
     finally:
         console.print("stopping…")
         supervisor.stop_all()
         if embedded is not None:
             embedded.stop()
+        restarts = {"redis": redis_restarts, **supervisor.restart_counts}
+        if any(restarts.values()):
+            counts = ", ".join(f"{name} {count}" for name, count in restarts.items() if count)
+            console.print(f"restarts this run: {counts}")
         console.print("stopped.")
 
 
@@ -158,7 +177,9 @@ def _print_urls(details: dict[str, str], settings: Settings) -> None:
     table.add_column("where")
     table.add_row("API", details["api_url"])
     table.add_row("API docs", details["api_url"] + "/docs")
-    table.add_row("Flower", details["flower_url"])
+    table.add_row(
+        "Flower", f"{details['flower_url']} (user {details['flower_user']}, password in demo.json)"
+    )
     table.add_row("Sandbox provider", details["sandbox_url"])
     table.add_row("Demo details", str(settings.data_dir / "demo.json"))
     table.add_row("Logs", str(settings.data_dir / "*.log"))
@@ -191,13 +212,28 @@ def worker() -> None:
         f"writejobs-{os.getpid()}@%h",
         "--pool",
         "prefork",
+        # Gossip and mingle talk to other workers, which writejobs never needs; on a
+        # broker restart, closing gossip's channel on an already closed connection
+        # crashed the worker for good (kombu#582: `'NoneType' object has no attribute
+        # 'hostname'`), and mingle's broadcast can hang a reconnect (celery#8030).
+        "--without-gossip",
+        "--without-mingle",
     )
 
 
 @app.command()
 def flower() -> None:
-    """Run Flower, the Celery monitor, on 127.0.0.1:WRITEJOBS_FLOWER_PORT."""
+    """Run Flower, the Celery monitor, on 127.0.0.1:WRITEJOBS_FLOWER_PORT, behind basic auth
+    (WRITEJOBS_FLOWER_BASIC_AUTH, or a user and password made once in the data dir)."""
+    from writejobs.cli.flower_auth import BadFlowerAuth, flower_basic_auth
+
     settings = load_settings()
+    try:
+        basic_auth = flower_basic_auth(settings)
+    except BadFlowerAuth as exc:
+        raise typer.BadParameter(str(exc)) from None
+    # Through Flower's environment, not its command line, where `ps` would show it.
+    os.environ["FLOWER_BASIC_AUTH"] = basic_auth
     pieces.exec_celery("flower", f"--port={settings.flower_port}", "--address=127.0.0.1")
 
 
@@ -286,16 +322,36 @@ def create_installation(
     deletable: Annotated[
         list[str] | None, typer.Option(help="Objects that may be deleted.")
     ] = None,
+    credentials_file: Annotated[
+        str,
+        typer.Option(
+            help="Read the credentials from this JSON file, or `-` for standard input: "
+            '{"token": …} or {"token_url": …, "client_id": …, "client_secret": …, '
+            '"refresh_token": …}. Keeps secrets out of `ps` and shell history.'
+        ),
+    ] = "",
 ) -> None:
     """Create an installation: a customer's (groupRef's) instance of an integration.
 
     Credentials are a bearer `--token`, or OAuth2 (`--token-url`, `--client-id`,
-    `--client-secret`, and `--refresh-token` for the refresh-token grant); they
-    are stored encrypted and never printed."""
+    `--client-secret`, and `--refresh-token` for the refresh-token grant), or the
+    same fields in `--credentials-file`; they are stored encrypted and never printed."""
     from writejobs.clock import utcnow
     from writejobs.store import tenants_repo
     from writejobs.store.secrets import cipher_for
 
+    if credentials_file:
+        from writejobs.cli.credentials_file import CredentialsFileError, read_credentials_file
+
+        if any((token, client_id, client_secret, token_url, refresh_token)):
+            raise typer.BadParameter("give the credentials in --credentials-file or as options")
+        try:
+            fields = read_credentials_file(credentials_file)
+        except CredentialsFileError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        token, token_url = fields["token"], fields["token_url"]
+        client_id, client_secret = fields["client_id"], fields["client_secret"]
+        refresh_token = fields["refresh_token"]
     credentials = _credentials(token, client_id, client_secret, token_url, refresh_token)
     with _sessions() as session:
         found = _project(session, project)

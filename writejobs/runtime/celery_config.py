@@ -28,7 +28,17 @@ def celery_config(settings: Settings) -> dict[str, object]:
         # from the API as well was a second Redis publish on every accepted write
         # (~12% of an asynchronous intake's time, measured with py-spy).
         "task_send_sent_event": False,
+        # A broker that goes away and comes back (a Redis restart) is waited for,
+        # however long it takes: at start, after a lost connection (Celery's default
+        # gives up after 100 tries and the worker exits), and on channel errors.
         "broker_connection_retry_on_startup": True,
+        "broker_connection_retry": True,
+        "broker_connection_max_retries": None,
+        "broker_channel_error_retry": True,
+        # A task running when the connection drops finishes; its message comes back
+        # (late acks) and the state machine makes the second delivery a no-op. Said
+        # explicitly: Celery warns on every reconnect while it is left to default.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_hijack_root_logger": False,
         "broker_transport_options": {
             # Long waits never ride on ETA tasks (see DESIGN.md), so an hour is

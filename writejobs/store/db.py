@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from writejobs.private_files import private_file
 from writejobs.settings import Settings
 
 
@@ -14,7 +16,7 @@ def create_store_engine(settings: Settings) -> Engine:
     """Build the engine; SQLite gets WAL and a busy timeout so processes can share it."""
     url = settings.sqlalchemy_url
     if url.startswith("sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        prepare_embedded_sqlite(settings)
         # As many pooled connections as the API has request threads: a connection made
         # per request (past the pool) costs its PRAGMAs and a file open each time.
         engine = create_engine(
@@ -26,6 +28,23 @@ def create_store_engine(settings: Settings) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+def prepare_embedded_sqlite(settings: Settings) -> None:
+    """Make the embedded SQLite file (the default store) 0600 in a 0700 data dir.
+
+    Made here, before SQLite opens it: SQLite creates a new file with the
+    process's umask, and its `-wal` and `-shm` files with the database file's mode.
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.database_url is not None:
+        return
+    path = Path(settings.sqlalchemy_url.removeprefix("sqlite:///"))
+    private_file(path)
+    for suffix in ("-wal", "-shm"):
+        sibling = path.with_name(path.name + suffix)
+        if sibling.exists():
+            private_file(sibling)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

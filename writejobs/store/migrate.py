@@ -8,6 +8,7 @@ from alembic import command
 from alembic.config import Config
 
 from writejobs.settings import Settings
+from writejobs.store.db import prepare_embedded_sqlite
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -22,5 +23,5 @@ def alembic_config(settings: Settings) -> Config:
 
 def migrate(settings: Settings) -> None:
     """Bring the store's schema up to the newest revision (idempotent)."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_embedded_sqlite(settings)
     command.upgrade(alembic_config(settings), "head")

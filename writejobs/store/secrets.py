@@ -24,6 +24,7 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken
 
 from writejobs.errors import CredentialsUnreadable
+from writejobs.private_files import FILE_MODE, narrow, private_dir
 from writejobs.settings import Settings
 
 KEY_FILE_NAME = "secret.key"
@@ -102,10 +103,13 @@ def load_or_create_key(path: Path) -> bytes:
     existing file, so the first link wins and everyone reads that key.
     """
     try:
-        return _read_key(path)
+        key = _read_key(path)
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        narrow(path, FILE_MODE)  # a key file copied in, or made by an older version
+        return key
+    private_dir(path.parent)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{KEY_FILE_NAME}.")
     try:
         with os.fdopen(descriptor, "wb") as out:  # mkstemp made it 0600
