@@ -17,8 +17,12 @@ from starlette.concurrency import run_in_threadpool
 
 from api_shim.problems import ApiProblem
 from api_shim.state import AppState
+from writejobs.core.json_input import shown
 from writejobs.intake.idempotency import HEADER, parse_key
 from writejobs.store.tables import Project
+
+# Keys we issue are ~50 characters; a longer one is refused before it is hashed.
+MAX_API_KEY_CHARS = 256
 
 
 def get_state(request: Request) -> AppState:
@@ -50,6 +54,8 @@ async def authenticated_project(
     """
     if not api_key:
         raise ApiProblem(401, "missing X-Api-Key header", remedy="Send your API key as X-Api-Key.")
+    if len(api_key) > MAX_API_KEY_CHARS:
+        raise ApiProblem(401, "invalid API key", remedy="Check the key; keys are shown once.")
     directory = state.dispatch.directory
     project = directory.cached_project_for_api_key(api_key)
     if project is None:
@@ -58,7 +64,7 @@ async def authenticated_project(
         raise ApiProblem(401, "invalid API key", remedy="Check the key; keys are shown once.")
     wanted = project_id_or_name.lower()
     if wanted not in (project.id.lower(), project.name.lower()):
-        raise ApiProblem(404, f"project {project_id_or_name!r} not found")
+        raise ApiProblem(404, f"project {shown(project_id_or_name)} not found")
     return project
 
 

@@ -86,8 +86,15 @@ def problem_response(request: Request, problem: ApiProblem) -> JSONResponse:
     return JSONResponse(body, status_code=problem.status, media_type=PROBLEM_JSON)
 
 
+# A 400 names the problem; it never echoes a caller's megabytes back (the messages
+# quote short prefixes already; this is the backstop).
+MAX_BAD_REQUEST_CHARS = 1000
+
+
 def bad_request(message: str) -> PlainTextResponse:
     """The write endpoint's 400: text/plain, one line."""
+    if len(message) > MAX_BAD_REQUEST_CHARS:
+        message = message[:MAX_BAD_REQUEST_CHARS] + "…"
     return PlainTextResponse(message, status_code=400)
 
 

@@ -12,11 +12,12 @@ through the worker (`checked_csv`), by the same rules, so both fail the same way
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterable, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from writejobs.core.contract import MAX_GROUP_REF_CHARS
+from writejobs.core.json_input import load_json, shown
 from writejobs.errors import ContractError
 
 MAX_INLINE_CSV_BYTES = 10 * 1024 * 1024
@@ -24,6 +25,8 @@ MAX_URL_CSV_BYTES = 150 * 1024 * 1024
 # A header row longer than this is not a header row (Salesforce objects have at
 # most a few hundred fields); the check stops buffering there.
 MAX_HEADER_BYTES = 64 * 1024
+# Presigned storage URLs run to a couple of kilobytes; this leaves room.
+MAX_URL_CHARS = 8192
 
 CRLF_MESSAGE = (
     "uses CRLF (\\r\\n) line endings; bulk upserts take LF (\\n) line endings only: "
@@ -40,10 +43,12 @@ class BulkUpsertRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    group_ref: str = Field(alias="groupRef", min_length=1)
+    group_ref: str = Field(alias="groupRef", min_length=1, max_length=MAX_GROUP_REF_CHARS)
     primary_key: str = Field(alias="primaryKey", min_length=1, max_length=255)
     records_csv: str | None = Field(default=None, alias="recordsCSV")
-    records_url: str | None = Field(default=None, alias="recordsURL", min_length=1)
+    records_url: str | None = Field(
+        default=None, alias="recordsURL", min_length=1, max_length=MAX_URL_CHARS
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> BulkUpsertRequest:
@@ -71,13 +76,11 @@ def parse_bulk_request(body: bytes) -> tuple[BulkUpsertRequest, bytes | None]:
     """The request and its inline CSV as UTF-8 bytes (None for a `recordsURL`).
 
     Raises `ContractError` naming what is wrong: malformed JSON, a missing or
-    unknown field, both or neither source, an inline CSV over 10 MiB, with CRLF
+    unknown field, a value too long, both or neither source, NaN, deep nesting or
+    lone surrogates (see `load_json`), an inline CSV over 10 MiB, with CRLF
     line endings, without rows, or without the `primaryKey` column.
     """
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ContractError(f"request body is not valid JSON: {exc}") from None
+    document = load_json(body)
     try:
         request = BulkUpsertRequest.model_validate(document)
     except ValidationError as exc:
@@ -155,8 +158,12 @@ def checked_csv(chunks: Iterable[bytes], primary_key: str, *, source: str) -> It
 
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
-    where = ".".join(str(part) for part in first.get("loc", ()))
+    # An unknown field's name is the caller's: quote a short prefix of it only.
+    where = ".".join(str(part) if len(str(part)) <= 60 else shown(part) for part in first["loc"])
     message = str(first.get("msg", "is not valid")).removeprefix("Value error, ")
-    if first.get("type") == "extra_forbidden":
+    kind = first.get("type")
+    if kind == "extra_forbidden":
         message = "is not a field of this request (groupRef, recordsCSV, recordsURL, primaryKey)"
+    elif kind == "string_too_long":
+        message = f"must be at most {(first.get('ctx') or {}).get('max_length')} characters"
     return f"{where}: {message}" if where else message

@@ -8,14 +8,29 @@ message naming the field, which the API answers as 400 text/plain.
 
 from __future__ import annotations
 
-import json
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from writejobs.core.json_input import load_json, shown
 from writejobs.errors import ContractError
 
 MAX_BATCH_RECORDS = 100
+# As long as the columns that keep them (`installations.group_ref`, `operations.object_name`).
+MAX_GROUP_REF_CHARS = 200
+MAX_NAME_CHARS = 200
+# Record ids: Salesforce's are 18 characters, HubSpot's numbers; this is room to spare.
+MAX_RECORD_ID_CHARS = 255
+# Request headers a write may carry (Salesforce's few, see providers/salesforce.py).
+MAX_HEADERS = 20
+MAX_HEADER_NAME_CHARS = 100
+MAX_HEADER_VALUE_CHARS = 1000
+# RFC 9110 section 5.6.2: a field name is a token.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9110 section 5.5: visible ASCII, spaces and tabs; never CR, LF or NUL. ASCII
+# only, because that is what an HTTP client encodes a header value in.
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
 
 
 class _Lenient(BaseModel):
@@ -37,8 +52,10 @@ class BatchPolicy(_Lenient):
 
 
 class Header(_Lenient):
-    key: str
-    value: str
+    """A request header the write asks us to send to the provider (Salesforce's only)."""
+
+    key: Annotated[str, Field(min_length=1, max_length=MAX_HEADER_NAME_CHARS)]
+    value: Annotated[str, Field(max_length=MAX_HEADER_VALUE_CHARS)]
 
 
 class BatchItem(_Lenient):
@@ -49,7 +66,7 @@ class BatchItem(_Lenient):
 class WriteRequest(_Lenient):
     """`WriteRequest` of the contract; `mode` defaults to synchronous."""
 
-    group_ref: str = Field(alias="groupRef", min_length=1)
+    group_ref: str = Field(alias="groupRef", min_length=1, max_length=MAX_GROUP_REF_CHARS)
     type: Literal["create", "update", "delete"]
     mode: Literal["synchronous", "asynchronous"] = "synchronous"
     retry_policy: RetryPolicy | None = Field(default=None, alias="retryPolicy")
@@ -58,7 +75,7 @@ class WriteRequest(_Lenient):
     batch_policy: BatchPolicy | None = Field(default=None, alias="batchPolicy")
     batch: list[BatchItem] | None = Field(default=None, min_length=1, max_length=MAX_BATCH_RECORDS)
     associations: list[dict[str, Any]] = Field(default_factory=list)
-    headers: list[Header] = Field(default_factory=list)
+    headers: list[Header] = Field(default_factory=list, max_length=MAX_HEADERS)
 
     @property
     def is_async(self) -> bool:
@@ -82,11 +99,12 @@ class ErrorMessage(BaseModel):
 
 
 def parse_write_request(body: bytes) -> WriteRequest:
-    """Parse and validate a write request, or raise `ContractError` naming the problem."""
-    try:
-        raw = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ContractError(f"request body is not valid JSON: {exc}") from None
+    """Parse and validate a write request, or raise `ContractError` naming the problem.
+
+    The body is read by `load_json`, which refuses NaN, huge numbers, deep
+    nesting and lone surrogates before any model sees them.
+    """
+    raw = load_json(body)
     if not isinstance(raw, dict):
         raise ContractError("request body must be a JSON object")
     try:
@@ -119,11 +137,59 @@ def _check_rules(request: WriteRequest) -> None:
         for index, item in enumerate(request.batch or []):
             if not _has_id(item.record):
                 raise ContractError(f"batch[{index}].record.id is required for update")
+    if request.record is not None:
+        _check_record_id(request.record, "record.id")
+    for index, item in enumerate(request.batch or []):
+        _check_record_id(item.record, f"batch[{index}].record.id")
+    for index, header in enumerate(request.headers):
+        _check_header(header, f"headers[{index}]")
 
 
 def _has_id(record: dict[str, Any]) -> bool:
     value = record.get("id")
     return isinstance(value, str | int) and str(value) != ""
+
+
+def _check_record_id(record: dict[str, Any], field: str) -> None:
+    """An id goes into the provider's URL path: it must stay one path segment.
+
+    `Id` too: the Salesforce adapter takes Salesforce's own spelling.
+    """
+    for name in ("id", "Id"):
+        value = record.get(name)
+        if not isinstance(value, str):
+            continue
+        where = field if name == "id" else field.removesuffix("id") + "Id"
+        if len(value) > MAX_RECORD_ID_CHARS:
+            raise ContractError(f"{where} must be at most {MAX_RECORD_ID_CHARS} characters")
+        check_path_segment(value, where)
+
+
+def check_path_segment(value: str, field: str) -> None:
+    """Refuse a value that would not stay one segment of a URL path (`.`, `..`, a `/`)."""
+    if value in (".", "..") or "/" in value:
+        raise ContractError(f"{field} {shown(value)} is not allowed: no '.', '..' or '/'")
+
+
+def check_target_names(integration_id_or_name: str, object_name: str) -> None:
+    """The integration and object the request path names: bounded, one path segment each."""
+    if len(integration_id_or_name) > MAX_NAME_CHARS:
+        raise ContractError(f"integrationId must be at most {MAX_NAME_CHARS} characters")
+    if len(object_name) > MAX_NAME_CHARS:
+        raise ContractError(f"objectName must be at most {MAX_NAME_CHARS} characters")
+    check_path_segment(object_name, "objectName")
+
+
+def _check_header(header: Header, field: str) -> None:
+    if not _TOKEN.fullmatch(header.key):
+        raise ContractError(
+            f"{field}.key {shown(header.key)} is not a header name: letters, digits and "
+            "!#$%&'*+-.^_`|~ only"
+        )
+    if not _FIELD_VALUE.fullmatch(header.value):
+        raise ContractError(
+            f"{field}.value must be printable ASCII: no CR, LF or other control characters"
+        )
 
 
 _ALIASES = {
@@ -145,13 +211,17 @@ def _describe(error: Any) -> str:
         if isinstance(part, int):
             parts.append(f"[{part}]")
         else:
-            name = _ALIASES.get(part, part)
+            name = _ALIASES.get(part, part)[:MAX_NAME_CHARS]
             parts.append(f".{name}" if parts else name)
     field = "".join(parts) or "request body"
     kind = error["type"]
     ctx = error.get("ctx") or {}
     if kind == "missing":
         return f"{field} is required"
+    if kind == "string_too_long":
+        return f"{field} must be at most {ctx.get('max_length')} characters"
+    if kind == "string_too_short":
+        return f"{field} must not be empty"
     if kind == "too_long":
         return f"{field} must have at most {ctx.get('max_length')} items"
     if kind == "too_short":

@@ -16,7 +16,8 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
-from writejobs.core.contract import WriteRequest
+from writejobs.core.contract import WriteRequest, check_target_names
+from writejobs.core.json_input import shown
 from writejobs.core.operations import State
 from writejobs.errors import ContractError, NotFound, ProviderError, WritejobsError
 from writejobs.execution.deps import ExecutionDeps
@@ -95,7 +96,7 @@ def accept_write(
     installation = find_installation(target, request.group_ref, dispatch.directory)
     if request.type == "delete" and target.object_name not in installation.deletable_objects:
         raise ContractError(
-            f"deletion is not enabled for object {target.object_name!r} in this installation"
+            f"deletion is not enabled for object {shown(target.object_name)} in this installation"
         )
     op = _new_operation(target, request, installation, deps)
     accepted = operations_repo.log_row(
@@ -151,14 +152,16 @@ def find_installation(
     target: WriteTarget, group_ref: str, directory: TenantDirectory
 ) -> Installation:
     """The installation a write goes to; `NotFound` for an unknown integration,
-    `ContractError` for a groupRef without an installation of it."""
+    `ContractError` for a groupRef without an installation of it, or for path
+    names too long or not one path segment (checked before any lookup is cached)."""
+    check_target_names(target.integration_id_or_name, target.object_name)
     integration = directory.integration(target.project.id, target.integration_id_or_name)
     if integration is None:
-        raise NotFound(f"integration {target.integration_id_or_name!r} not found")
+        raise NotFound(f"integration {shown(target.integration_id_or_name)} not found")
     installation = directory.installation(integration.id, group_ref)
     if installation is None:
         raise ContractError(
-            f"groupRef {group_ref!r} has no installation of integration {integration.name!r}"
+            f"groupRef {shown(group_ref)} has no installation of integration {integration.name!r}"
         )
     return installation
 

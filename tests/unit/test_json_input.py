@@ -1,0 +1,63 @@
+"""`load_json`: what the stdlib's json would let through, refused as a `ContractError`."""
+
+from __future__ import annotations
+
+import pytest
+
+from writejobs.core.json_input import MAX_DEPTH, load_json, shown
+from writejobs.errors import ContractError
+
+
+def nested(levels: int) -> bytes:
+    return b'{"a":' * (levels - 1) + b"[]" + b"}" * (levels - 1)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"n": NaN}', "holds NaN, which is not a JSON number"),
+        (b'{"n": Infinity}', "holds Infinity"),
+        (b'{"n": [-Infinity]}', "holds -Infinity"),
+        (b'{"n": 1e400}', "'1e400', out of a number's range"),
+        (b'{"n": ' + b"1" * 5000 + b"}", "a 5000-digit number: at most 100 digits"),
+        (b'{"n": 0.' + b"1" * 200 + b"}", "a 202-character number"),
+        (nested(MAX_DEPTH + 1), f"nested deeper than {MAX_DEPTH} levels (at a.a.a"),
+        (b"[" * 1000 + b"]" * 1000, f"nested deeper than {MAX_DEPTH} levels"),
+        (b"[" * 200_000 + b"]" * 200_000, f"nested deeper than {MAX_DEPTH} levels"),
+        (b'{"record": {"name": "\\ud800"}}', "record.name holds a lone UTF-16 surrogate"),
+        (b'{"record": {"name": ["ok", "\\udfff"]}}', "record.name[1] holds a lone"),
+        (b'{"record": {"\\ud800": 1}}', "record.\\ud800 holds a lone UTF-16 surrogate"),
+        # Raw surrogate bytes, which json decodes with surrogatepass
+        (b'{"x": "\xed\xa0\x80"}', "x holds a lone UTF-16 surrogate"),
+        (b"\xff{}", "not valid JSON"),
+        (b'{"a": ', "not valid JSON"),
+    ],
+)
+def test_what_no_provider_can_take_is_refused_naming_the_problem(body: bytes, message: str) -> None:
+    with pytest.raises(ContractError) as refused:
+        load_json(body)
+    assert message in str(refused.value)
+    assert len(str(refused.value)) < 300
+
+
+def test_what_real_records_hold_is_read_as_json_reads_it() -> None:
+    body = (
+        '{"a": 1.5, "big": 123456789012345678901234567890, "pair": "\\ud83d\\ude00",'
+        ' "text": "prénom", "neg": -0.0, "deep": ' + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1)
+    ).encode() + b"}"
+    document = load_json(body)
+    assert document["big"] == 123456789012345678901234567890
+    assert document["pair"] == "\U0001f600"
+    assert document["text"] == "prénom"
+
+
+def test_a_long_key_is_quoted_by_a_short_prefix_only() -> None:
+    body = b'{"' + b"k" * 1_000_000 + b'": "\\udc00"}'
+    with pytest.raises(ContractError) as refused:
+        load_json(body)
+    assert len(str(refused.value)) < 200
+
+
+def test_shown_cuts_a_long_value_and_says_how_long_it_was() -> None:
+    assert shown("short") == "'short'"
+    assert shown("x" * 10_000) == "'" + "x" * 59 + "… (10000 characters)"
