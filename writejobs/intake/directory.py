@@ -3,11 +3,13 @@
 Every write needs the caller's project, the integration and the installation;
 reading them from SQL on every request cost more than the write itself. They
 change rarely, so each answer is kept for `ttl_s` seconds (5 by default): a key
-revoked or a deletion setting changed takes effect within that time.
+revoked or a deletion setting changed takes effect within that time. Each cache
+is bounded in bytes and drops expired entries as it goes (`TtlCache`).
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -22,19 +24,47 @@ T = TypeVar("T")
 
 
 class TtlCache(Generic[T]):
-    """A tiny thread-safe cache whose entries (misses included) live `ttl_s` seconds."""
+    """A thread-safe cache whose entries (misses included) live `ttl_s` seconds.
 
-    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
+    Misses are cached too, so a flood of unknown keys costs one query per key and
+    TTL; but then the keys are the caller's to choose, so the cache is bounded by
+    what it holds, not by a count: each entry weighs its key's size plus
+    `entry_bytes` for the value, and the total stays under `max_bytes`. Entries are
+    kept in the order they were stored, which is the order they expire in (one TTL
+    for all), so each store drops the expired ones from the front, then the
+    oldest while over budget.
+    """
+
+    def __init__(
+        self,
+        ttl_s: float,
+        *,
+        max_bytes: int = 16 * 1024 * 1024,
+        entry_bytes: int = 2048,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.ttl_s = ttl_s
-        self.max_entries = max_entries
-        self._entries: dict[Hashable, tuple[float, T | None]] = {}
+        self.max_bytes = max_bytes
+        self.entry_bytes = entry_bytes
+        self._clock = clock
+        # key -> (expires at, value, weight in bytes)
+        self._entries: dict[Hashable, tuple[float, T | None, int]] = {}
+        self._weight_bytes = 0
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def weight_bytes(self) -> int:
+        """What the entries held weigh, by the estimate the budget is kept in."""
+        return self._weight_bytes
 
     def peek(self, key: Hashable) -> tuple[bool, T | None]:
         """(True, value) for a live entry, (False, None) when it must be loaded."""
         with self._lock:
             hit = self._entries.get(key)
-        if hit is not None and hit[0] > time.monotonic():
+        if hit is not None and hit[0] > self._clock():
             return True, hit[1]
         return False, None
 
@@ -42,13 +72,32 @@ class TtlCache(Generic[T]):
         found, cached = self.peek(key)
         if found:
             return cached
-        now = time.monotonic()
         value = load()
+        weight = self.entry_bytes + _key_bytes(key)
         with self._lock:
-            if len(self._entries) >= self.max_entries:
-                self._entries.clear()
-            self._entries[key] = (now + self.ttl_s, value)
+            now = self._clock()
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._weight_bytes -= old[2]
+            self._entries[key] = (now + self.ttl_s, value, weight)
+            self._weight_bytes += weight
+            self._evict(now)
         return value
+
+    def _evict(self, now: float) -> None:
+        while self._entries:
+            key, (expires_at, _value, weight) = next(iter(self._entries.items()))
+            if expires_at > now and self._weight_bytes <= self.max_bytes:
+                return
+            del self._entries[key]
+            self._weight_bytes -= weight
+
+
+def _key_bytes(key: Hashable) -> int:
+    """The memory a key holds: the object, and each part of a tuple key."""
+    if isinstance(key, tuple):
+        return sys.getsizeof(key) + sum(sys.getsizeof(part) for part in key)
+    return sys.getsizeof(key)
 
 
 class TenantDirectory:
