@@ -276,6 +276,39 @@ def test_request_headers_are_forwarded_and_override_the_clients(
         assert request.headers["Authorization"] == "Bearer test-token"
 
 
+def test_only_the_request_headers_salesforce_defines_are_forwarded(
+    make_adapter: MakeAdapter,
+) -> None:
+    adapter, fake = make_adapter(lambda r: httpx.Response(201, json=saved("003A")))
+    defined = [
+        ("Sforce-Auto-Assign", "FALSE"),
+        ("sforce-call-options", "client=acme"),
+        ("Sforce-Mru", "updateMru=true"),
+        ("Sforce-Query-Options", "batchSize=1000"),
+        ("If-Unmodified-Since", "Tue, 10 Aug 2026 00:00:00 GMT"),
+        ("If-Match", '"abc"'),
+        ("x-sfdc-packageversion-acme", "1.0"),
+    ]
+    foreign = [
+        ("Cookie", "sid=stolen"),
+        ("Proxy-Authorization", "Basic eDp5"),
+        ("Connection", "close"),
+        ("Expect", "100-continue"),
+        ("Host", "evil.example"),
+        ("X-Forwarded-For", "10.0.0.1"),
+        ("Content-Type", "text/plain"),
+    ]
+
+    adapter.write_one("Contact", "create", contacts(1)[0], WriteOptions(headers=defined + foreign))
+
+    sent = fake.requests[0].headers
+    for name, value in defined:
+        assert sent[name] == value
+    assert "cookie" not in sent and "proxy-authorization" not in sent and "expect" not in sent
+    assert sent.get("connection") != "close" and "x-forwarded-for" not in sent
+    assert sent["host"] != "evil.example" and sent["content-type"] == "application/json"
+
+
 # sObject Collections
 
 
