@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -14,7 +16,7 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.support.servers import serve_in_thread
-from writejobs.execution.fetch_guard import FetchFailed, UnsafeUrl, open_csv_url
+from writejobs.execution.fetch_guard import FetchFailed, UnsafeUrl, open_csv_url, refused_kind
 
 LOOPBACK = frozenset({"127.0.0.1"})
 MiB = 1024 * 1024
@@ -115,6 +117,11 @@ def fake_dns(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[str]]) -> 
         ("https://224.0.0.1/a.csv", "224.0.0.1, a multicast address"),
         ("https://100.64.0.1/a.csv", "100.64.0.1, a non-public address"),
         ("https://[::ffff:10.0.0.1]/a.csv", "a private address"),
+        # 6to4, Teredo and NAT64 forms of internal IPv4 addresses
+        ("https://[2002:7f00:1::]/a.csv", "2002:7f00:1:: (127.0.0.1), a loopback address"),
+        ("https://[2002:a9fe:a9fe::]/a.csv", "(169.254.169.254), a link-local address"),
+        ("https://[2001:0:4136:e378:8000:63bf:80ff:fffe]/a.csv", "127.0.0.1), a loopback"),
+        ("https://[64:ff9b::a00:1]/a.csv", "64:ff9b::a00:1 (10.0.0.1), a private address"),
         ("http://files.example.com/a.csv", "must start with https://"),
         ("ftp://files.example.com/a.csv", "must be an https:// URL"),
     ],
@@ -124,7 +131,7 @@ def test_a_refused_url_is_never_requested(
 ) -> None:
     # given a URL to an internal address or over plain http, and no allowed hosts
     # when it is opened, then it is refused before any request is sent
-    with pytest.raises(UnsafeUrl, match=message.replace(".", r"\.").replace("[", r"\[")):
+    with pytest.raises(UnsafeUrl, match=re.escape(message)):
         fetch_all(url, client, allowed=frozenset())
     assert transport.requests == []
 
@@ -248,3 +255,24 @@ def test_a_missing_file_fails_and_a_server_error_is_retryable(
         with pytest.raises(FetchFailed, match="HTTP 503") as unavailable:
             fetch_all(f"{files_url}/a.csv", failing)
     assert unavailable.value.retryable
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("2002:7f00:1::", "a loopback"),
+        ("2002:808:808::", None),
+        ("64:ff9b::7f00:1", "a loopback"),
+        ("64:ff9b::808:808", None),
+        # Teredo: server 65.54.227.120, client 127.0.0.1 (stored inverted) / 8.8.8.8
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", "a loopback"),
+        ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", None),
+        ("2001:0:a00:1:8000:63bf:f7f7:f7f7", "a private"),
+        ("::ffff:8.8.8.8", None),
+        ("2606:4700:4700::1111", None),
+    ],
+)
+def test_an_ipv6_address_embedding_ipv4_is_judged_by_the_ipv4_address(
+    address: str, kind: str | None
+) -> None:
+    assert refused_kind(ipaddress.ip_address(address)) == kind

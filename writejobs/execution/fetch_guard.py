@@ -104,14 +104,28 @@ def check_url(url: httpx.URL, allowed_http_hosts: frozenset[str]) -> IPAddress |
     for address in addresses:
         kind = refused_kind(address)
         if kind is not None:
-            raise UnsafeUrl(f"recordsURL resolves to {address}, {kind} address: refused")
+            embedded = embedded_ipv4(address) if isinstance(address, ipaddress.IPv6Address) else []
+            via = f" ({', '.join(map(str, embedded))})" if embedded else ""
+            raise UnsafeUrl(f"recordsURL resolves to {address}{via}, {kind} address: refused")
     return addresses[0]
 
 
+# NAT64 (RFC 6052's well-known prefix): the last 32 bits are the IPv4 address reached.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
 def refused_kind(address: IPAddress) -> str | None:
-    """Why `address` is no place to send a request ("a private"), or None if it is public."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Why `address` is no place to send a request ("a private"), or None if it is public.
+
+    An IPv6 address that embeds an IPv4 one and is routed to it (IPv4-mapped,
+    6to4 `2002::/16`, Teredo `2001::/32`, NAT64 `64:ff9b::/96`) is judged by
+    the IPv4 address: `2002:7f00:1::` is 127.0.0.1 however it is written.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = embedded_ipv4(address)
+        if embedded:
+            kinds = [refused_kind(ipv4) for ipv4 in embedded]
+            return next((kind for kind in kinds if kind is not None), None)
     checks = (
         # Loopback and link-local first: they are also "private", but less clearly so.
         (address.is_loopback, "a loopback"),
@@ -124,6 +138,24 @@ def refused_kind(address: IPAddress) -> str | None:
         (not address.is_global, "a non-public"),
     )
     return next((kind for refused, kind in checks if refused), None)
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address stands for; empty when it embeds none.
+
+    Teredo carries two (its server and, obfuscated, the client it reaches): both
+    must pass.
+    """
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]
+    if address.sixtofour is not None:
+        return [address.sixtofour]
+    if address.teredo is not None:
+        server, client = address.teredo
+        return [server, client]
+    if address in _NAT64:
+        return [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)]
+    return []
 
 
 def _open_following_redirects(
