@@ -132,6 +132,14 @@ def running_scheduler(settings: Settings, name: str = "scheduler") -> Iterator[C
 def running_api(settings: Settings, workers: int = 1) -> Iterator[str]:
     """The API as a process of its own (load tests: no GIL shared with the clients);
     `workers` > 1 runs `writejobs api --workers N`."""
+    with running_api_process(settings, workers) as (url, _child):
+        yield url
+
+
+@contextmanager
+def running_api_process(settings: Settings, workers: int = 1) -> Iterator[tuple[str, ChildProcess]]:
+    """The API as a process of its own, and that process (to read its memory from /proc;
+    with `workers` > 1 it is uvicorn's supervisor, not a worker)."""
     import socket
 
     with socket.socket() as sock:
@@ -151,7 +159,7 @@ def running_api(settings: Settings, workers: int = 1) -> Iterator[str]:
                 if time.monotonic() > deadline or child.process.poll() is not None:
                     raise RuntimeError(f"api did not start:\n{child.output()[-3000:]}") from None
                 time.sleep(0.1)
-        yield url
+        yield url, child
     finally:
         child.stop()
 
