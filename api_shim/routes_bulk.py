@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from api_shim.deps import CallerProject, IdempotencyKey, State, read_limited_body
 from api_shim.idempotent import answer_once
@@ -49,7 +50,8 @@ async def upsert_records_async(
     An `Idempotency-Key` works as on the write endpoint: a repeat gets the first answer.
     """
     body = await read_limited_body(request, MAX_BODY_BYTES, remedy=_TOO_LARGE_REMEDY)
-    bulk, csv_content = parse_bulk_request(body)
+    # Parsing and checking up to 20 MiB of JSON is CPU work: off the event loop.
+    bulk, csv_content = await run_in_threadpool(parse_bulk_request, body)
     target = WriteTarget(project, integrationId, objectName)
 
     def perform(claim: KeyClaim | None) -> Response:

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from api_shim.deps import CallerProject, IdempotencyKey, State, read_limited_body
 from api_shim.idempotent import answer_once
@@ -50,7 +51,8 @@ async def write_records(
     first is running, 422 problem+json when the key was used for another request).
     """
     body = await read_limited_body(request, MAX_BODY_BYTES)
-    write = parse_write_request(body)
+    # Parsing and checking up to 10 MiB of JSON is CPU work: off the event loop.
+    write = await run_in_threadpool(parse_write_request, body)
     target = WriteTarget(project, integrationId, objectName)
 
     def perform(claim: KeyClaim | None) -> Response:

@@ -18,10 +18,13 @@ def nested(levels: int) -> bytes:
         (b'{"n": NaN}', "holds NaN, which is not a JSON number"),
         (b'{"n": Infinity}', "holds Infinity"),
         (b'{"n": [-Infinity]}', "holds -Infinity"),
-        (b'{"n": 1e400}', "'1e400', out of a number's range"),
-        (b'{"n": ' + b"1" * 5000 + b"}", "a 5000-digit number: at most 100 digits"),
-        (b'{"n": 0.' + b"1" * 200 + b"}", "a 202-character number"),
+        (b'{"n": 1e400}', "n holds a number out of a double's range"),
+        (b'{"n": [1, -1e999]}', "n[1] holds a number out of a double's range"),
+        (b'{"n": ' + b"1" * 5000 + b"}", "holds an integer of more than 100 digits"),
+        (b'{"r": {"n": -' + b"9" * 101 + b"}}", "r.n holds an integer of more than 100 digits"),
+        (b"1" * 150, "request body holds an integer of more than 100 digits"),
         (nested(MAX_DEPTH + 1), f"nested deeper than {MAX_DEPTH} levels (at a.a.a"),
+        (b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1), "levels (at [0][0][0]"),
         (b"[" * 1000 + b"]" * 1000, f"nested deeper than {MAX_DEPTH} levels"),
         (b"[" * 200_000 + b"]" * 200_000, f"nested deeper than {MAX_DEPTH} levels"),
         (b'{"record": {"name": "\\ud800"}}', "record.name holds a lone UTF-16 surrogate"),
@@ -43,10 +46,12 @@ def test_what_no_provider_can_take_is_refused_naming_the_problem(body: bytes, me
 def test_what_real_records_hold_is_read_as_json_reads_it() -> None:
     body = (
         '{"a": 1.5, "big": 123456789012345678901234567890, "pair": "\\ud83d\\ude00",'
-        ' "text": "prénom", "neg": -0.0, "deep": ' + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1)
+        ' "text": "prénom", "neg": -0.0, "long": 0.' + "1" * 200 + ', "max": ' + "9" * 100 + ","
+        ' "deep": ' + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1)
     ).encode() + b"}"
     document = load_json(body)
     assert document["big"] == 123456789012345678901234567890
+    assert document["max"] == 10**100 - 1
     assert document["pair"] == "\U0001f600"
     assert document["text"] == "prénom"
 

@@ -13,7 +13,8 @@ operation exists.
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Iterator
+from math import isfinite
 from typing import Any
 
 from writejobs.errors import ContractError
@@ -21,8 +22,9 @@ from writejobs.errors import ContractError
 # Write requests are a few levels deep (request > batch > item > record > field);
 # records nest a little more. Far past anything real, far below the recursion limit.
 MAX_DEPTH = 32
-# Longer than any integer or decimal a CRM field holds (Salesforce: 18 digits).
-MAX_NUMBER_CHARS = 100
+# More than any integer a CRM field holds (Salesforce: 18 digits).
+MAX_INTEGER_DIGITS = 100
+_INTEGER_LIMIT = 10**MAX_INTEGER_DIGITS
 # How much of a caller's value an error message quotes.
 SHOWN_CHARS = 60
 
@@ -38,22 +40,23 @@ def shown(value: object, limit: int = SHOWN_CHARS) -> str:
 def load_json(body: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     """The JSON document in `body`, or `ContractError` naming why it is refused.
 
-    Refused: malformed JSON or UTF-8, `NaN`/`Infinity`, numbers over
-    `MAX_NUMBER_CHARS` characters or out of a double's range, nesting deeper
+    Refused: malformed JSON or UTF-8, `NaN`/`Infinity`, integers of more than
+    `MAX_INTEGER_DIGITS` digits, numbers out of a double's range, nesting deeper
     than `max_depth` arrays and objects, and strings (or keys) holding a lone
     surrogate.
+
+    The stdlib parser does the parsing at C speed with no per-value hooks; one
+    pass over the result then checks what it let through.
     """
     try:
-        document = json.loads(
-            body,
-            parse_constant=_refuse_constant,
-            parse_int=_parse_int,
-            parse_float=_parse_float,
-        )
+        document = json.loads(body, parse_constant=_refuse_constant)
     except RecursionError:
         raise ContractError(f"request body is nested deeper than {max_depth} levels") from None
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ContractError(f"request body is not valid JSON: {str(exc)[:200]}") from None
+    except ValueError:
+        # int() refusing a literal past its digit limit (4,300) is the one other ValueError.
+        raise ContractError(_too_many_digits()) from None
     _check_tree(document, max_depth)
     return document
 
@@ -62,75 +65,91 @@ def _refuse_constant(name: str) -> Any:
     raise ContractError(f"request body holds {name}, which is not a JSON number")
 
 
-def _parse_int(text: str) -> int:
-    if len(text) > MAX_NUMBER_CHARS:
-        raise ContractError(
-            f"request body holds a {len(text)}-digit number: at most {MAX_NUMBER_CHARS} digits"
-        )
-    return int(text)
+def _too_many_digits(where: str = "request body") -> str:
+    return f"{where} holds an integer of more than {MAX_INTEGER_DIGITS} digits"
 
 
-def _parse_float(text: str) -> float:
-    if len(text) > MAX_NUMBER_CHARS:
-        raise ContractError(
-            f"request body holds a {len(text)}-character number: "
-            f"at most {MAX_NUMBER_CHARS} characters"
-        )
-    value = float(text)
-    if not math.isfinite(value):
-        raise ContractError(f"request body holds {shown(text)}, out of a number's range")
-    return value
-
-
-# Where a value sits, built only when an error names it: (parent, key or index).
-_Loc = tuple[Any, str | int] | None
+Key = str | int
 
 
 def _check_tree(document: Any, max_depth: int) -> None:
-    """Depth and surrogates, without recursion (the depth may be anything up to here)."""
-    stack: list[tuple[Any, int, _Loc]] = [(document, 1, None)]
+    """Depth, numbers and surrogates, without recursion (the depth may be anything here).
+
+    Written for speed: a 10 MiB body may hold millions of values. A stack of
+    iterators walks the containers (its height is the depth), `path` holds the
+    keys that lead to the one being read, and a value's location is spelled out
+    only for an error.
+    """
+    if type(document) is not dict and type(document) is not list:
+        _check_leaf(document, [])
+        return
+    stack: list[Iterator[tuple[Key, Any]]] = [_items(document)]
+    path: list[Key] = []
     while stack:
-        node, depth, loc = stack.pop()
-        if isinstance(node, dict):
-            if depth > max_depth:
-                raise _too_deep(max_depth, loc)
-            for key, value in node.items():
-                _check_text(key, (loc, key))
-                stack.append((value, depth + 1, (loc, key)))
-        elif isinstance(node, list):
-            if depth > max_depth:
-                raise _too_deep(max_depth, loc)
-            stack.extend((value, depth + 1, (loc, i)) for i, value in enumerate(node))
-        elif isinstance(node, str):
-            _check_text(node, loc)
+        for key, value in stack[-1]:
+            if type(key) is str and not key.isascii():
+                _check_text(key, path, key)
+            kind = type(value)
+            if kind is str:
+                if not value.isascii():
+                    _check_text(value, path, key)
+            elif kind is dict or kind is list:
+                if len(stack) >= max_depth:
+                    raise ContractError(
+                        f"request body is nested deeper than {max_depth} levels "
+                        f"(at {_shown_path(path, key)})"
+                    )
+                if value:
+                    stack.append(_items(value))
+                    path.append(key)
+                    break
+            elif kind is int:
+                if not -_INTEGER_LIMIT < value < _INTEGER_LIMIT:
+                    raise ContractError(_too_many_digits(_shown_path(path, key)))
+            elif kind is float and not isfinite(value):
+                raise ContractError(_out_of_range(_shown_path(path, key)))
+        else:
+            stack.pop()
+            if path:
+                path.pop()
 
 
-def _too_deep(max_depth: int, loc: _Loc) -> ContractError:
-    return ContractError(
-        f"request body is nested deeper than {max_depth} levels (at {_shown_loc(loc)})"
-    )
+def _items(container: dict[str, Any] | list[Any]) -> Iterator[tuple[Key, Any]]:
+    return iter(container.items()) if type(container) is dict else enumerate(container)
 
 
-def _check_text(text: str, loc: _Loc) -> None:
+def _check_leaf(value: Any, path: list[Key]) -> None:
+    """A document that is a bare value rather than an object or array."""
+    if type(value) is int and not -_INTEGER_LIMIT < value < _INTEGER_LIMIT:
+        raise ContractError(_too_many_digits())
+    if type(value) is float and not isfinite(value):
+        raise ContractError(_out_of_range("request body"))
+    if type(value) is str:
+        _check_text(value, path, None)
+
+
+def _out_of_range(where: str) -> str:
+    return f"{where} holds a number out of a double's range"
+
+
+def _check_text(text: str, path: list[Key], key: Key | None) -> None:
     if text.isascii():
         return
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise ContractError(
-            f"{_shown_loc(loc)} holds a lone UTF-16 surrogate (such as \\ud800): not valid Unicode"
+            f"{_shown_path(path, key)} holds a lone UTF-16 surrogate (such as \\ud800): "
+            "not valid Unicode"
         ) from None
 
 
-def _shown_loc(loc: _Loc) -> str:
+def _shown_path(path: list[Key], key: Key | None) -> str:
     """`record.address[0].city`, cut short; a surrogate in a key is shown escaped."""
-    parts: list[str] = []
-    while loc is not None:
-        loc, key = loc
-        parts.append(f"[{key}]" if isinstance(key, int) else f".{key}")
-    if not parts:
+    keys = path if key is None else [*path, key]
+    if not keys:
         return "request body"
-    path = "".join(reversed(parts)).removeprefix(".")
-    if len(path) > SHOWN_CHARS:
-        path = f"{path[:SHOWN_CHARS]}…"
-    return path.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).removeprefix(".")
+    if len(text) > SHOWN_CHARS:
+        text = f"{text[:SHOWN_CHARS]}…"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
