@@ -20,7 +20,7 @@ from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sandbox import files, hubspot, oauth, opus, salesforce, salesforce_bulk
+from sandbox import files, hubspot, oauth, opus, salesforce, salesforce_bulk, salesforce_upsert
 from sandbox.faults import FaultConfig, FaultMiddleware
 from sandbox.limits import LimitConfig, LimitMiddleware
 from sandbox.state import LoggedRequest, SandboxState, iso_now
@@ -42,6 +42,7 @@ def create_app(state: SandboxState | None = None) -> FastAPI:
     app.state.oauth = issuer
     app.include_router(hubspot.create_router(state))
     app.include_router(salesforce.create_router(state))
+    app.include_router(salesforce_upsert.create_router(state))
     app.include_router(salesforce_bulk.create_router(state))
     app.include_router(opus.create_router(state))
     app.include_router(oauth.create_router(issuer))

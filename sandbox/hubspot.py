@@ -3,7 +3,8 @@
 It keeps records in a `SandboxState` and answers the way HubSpot does where an
 adapter can tell the difference: numeric string ids, `201`/`207` batch creates
 matched by `objectWriteTraceId`, all-or-none batches when no trace ids are sent,
-always-partial batch updates matched by `context.ids`, `INVALID_EMAIL`
+always-partial batch updates matched by `context.ids`, batch upserts by a unique
+property (`idProperty`; each result says whether it is `new`), `INVALID_EMAIL`
 validation, contact email uniqueness (409) and bearer-token authentication.
 """
 
@@ -92,6 +93,19 @@ class BatchUpdateRequest(BaseModel):
     inputs: list[BatchUpdateInput]
 
 
+class BatchUpsertInput(BaseModel):
+    """One input of a batch upsert: the record holding `idProperty` = `id`, or a new one."""
+
+    idProperty: str = Field(min_length=1)  # noqa: N815 - HubSpot's field name
+    id: str = Field(min_length=1)
+    properties: dict[str, Any]
+    objectWriteTraceId: str | None = None  # noqa: N815 - HubSpot's field name
+
+
+class BatchUpsertRequest(BaseModel):
+    inputs: list[BatchUpsertInput]
+
+
 def require_bearer(authorization: Annotated[str | None, Header()] = None) -> None:
     """Any non-empty bearer token passes; no token is HubSpot's 401."""
     scheme, _, token = (authorization or "").partition(" ")
@@ -152,7 +166,68 @@ def create_router(state: SandboxState) -> APIRouter:
             _check_batch_size(len(body.inputs))
             return _batch_update(state, object_type, body.inputs, started_at)
 
+    @router.post("/{objectType}/batch/upsert")
+    def batch_upsert(
+        object_type: ObjectType, body: BatchUpsertRequest, request: Request
+    ) -> JSONResponse:
+        request.state.inputs = len(body.inputs)
+        started_at = iso_now()
+        with state.lock:
+            state.batch_sizes.append(len(body.inputs))
+            _check_batch_size(len(body.inputs))
+            return _batch_upsert(state, object_type, body.inputs, started_at)
+
     return router
+
+
+def _batch_upsert(
+    state: SandboxState, object_type: str, inputs: list[BatchUpsertInput], started_at: str
+) -> JSONResponse:
+    """Update the record holding each input's `idProperty` value, or create it; partial
+    when every input has a trace id (as creates are), otherwise all or none."""
+    partial = all(i.objectWriteTraceId is not None for i in inputs)
+    if not partial:
+        # All or none: every input is checked before any is written.
+        for item in inputs:
+            _check_email(item.properties)
+            _check_faults(state, item.properties)
+    written: list[tuple[BatchUpsertInput, StoredRecord, bool]] = []
+    errors: list[HubSpotError] = []
+    for item in inputs:
+        # The value names the record: it is what the record holds once written.
+        properties = item.properties | {item.idProperty: item.id}
+        existing = _holding(state, object_type, item.idProperty, item.id)
+        try:
+            if existing is None:
+                written.append((item, _create(state, object_type, properties), True))
+            else:
+                written.append((item, _update(state, object_type, existing, properties), False))
+        except HubSpotError as error:
+            if not partial:
+                # Past the checks only a conflict is left: undo this call's creates.
+                for _item, record, new in written:
+                    if new:
+                        _delete(state, object_type, record.id)
+                raise
+            error.context = {"objectWriteTraceId": [item.objectWriteTraceId or ""]}
+            errors.append(error)
+    results = []
+    for item, record, new in written:
+        body = _record_body(record) | {"new": new}
+        if item.objectWriteTraceId is not None:
+            body["objectWriteTraceId"] = item.objectWriteTraceId
+        results.append(body)
+    return _batch_response(results, errors, started_at, all_ok_status=200)
+
+
+def _holding(state: SandboxState, object_type: str, prop: str, value: str) -> str | None:
+    """The id of the record whose `prop` is `value` (contacts' email case-insensitively)."""
+    if object_type == "contacts" and prop == "email":
+        return state.unique_index(PROVIDER, object_type, "email").get(value.strip().lower())
+    for record in state.objects(PROVIDER, object_type).values():
+        if record.properties.get(prop) == value:
+            return record.id
+    return None
 
 
 def _batch_create(

@@ -7,7 +7,8 @@ adapter can tell the difference: 18-character ids with the object's key prefix,
 `allOrNone` rollback, at most 200 records a collection (`EXCEEDED_ID_LIMIT`),
 `INVALID_EMAIL_ADDRESS`, `REQUIRED_FIELD_MISSING` and `INVALID_FIELD` validation,
 `NOT_FOUND` versus `ENTITY_IS_DELETED`, error bodies as `[{message, errorCode}]`
-and bearer-token sessions (`INVALID_SESSION_ID`).
+and bearer-token sessions (`INVALID_SESSION_ID`). Upserts by an external id field
+are in `sandbox.salesforce_upsert`.
 
 Salesforce, unlike HubSpot, lets two contacts share an email unless the org adds a
 duplicate rule, so duplicates are stored and only counted.

@@ -414,6 +414,46 @@ def set_rate_limit(
         console.print(f"{installation.id}: {value or 'provider default'}")
 
 
+@admin.command("set-natural-key")
+def set_natural_key(
+    project: str,
+    integration: str,
+    group_ref: str,
+    object_name: Annotated[str, typer.Argument(metavar="OBJECT")],
+    field: Annotated[str, typer.Argument(metavar="FIELD")] = "",
+    clear: Annotated[bool, typer.Option(help="Forget the object's natural key.")] = False,
+) -> None:
+    """Name the field that identifies one record of OBJECT at the provider.
+
+    Creates that carry it are written as upserts by it (HubSpot: a unique
+    property such as contacts' email; Salesforce: an external id field; Opus:
+    rowKey), so a create repeated after a worker died cannot duplicate a record."""
+    from writejobs.providers.natural_keys import check_natural_key
+    from writejobs.store import tenants_repo
+
+    if clear == bool(field):
+        raise typer.BadParameter("give FIELD, or --clear without one")
+    if not object_name.strip() or len(object_name) > 200:
+        raise typer.BadParameter("OBJECT is an object name of 1 to 200 characters")
+    with _sessions() as session:
+        found = _project(session, project)
+        integ = tenants_repo.find_integration(session, found.id, integration)
+        installation = (
+            tenants_repo.find_installation(session, integ.id, group_ref) if integ else None
+        )
+        if installation is None:
+            raise typer.BadParameter(f"no installation {group_ref!r} of {integration!r}")
+        key = None
+        if not clear:
+            try:
+                key = check_natural_key(installation.provider, field)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc)) from None
+        tenants_repo.set_natural_key(session, installation.id, object_name, key)
+        session.commit()
+        console.print(f"{installation.id} {object_name}: {key or 'no natural key'}")
+
+
 def _credentials(
     token: str, client_id: str, client_secret: str, token_url: str, refresh_token: str
 ) -> dict[str, Any]:

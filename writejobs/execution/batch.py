@@ -15,6 +15,7 @@ from datetime import datetime
 from writejobs.core.contract import WriteRequest
 from writejobs.core.operations import State
 from writejobs.execution.deps import ExecutionDeps
+from writejobs.execution.repeats import natural_key, note_takeover
 from writejobs.execution.run import (
     attempt_write,
     claim_own_duplicates,
@@ -37,6 +38,8 @@ def run_batch(
     """
     with deps.sessions() as session:
         now = deps.clock()
+        # Members a dead worker held: their previous attempt may have reached the provider.
+        held = operations_repo.lapsed_holders(session, batch_id, now=now)
         taken = operations_repo.take_batch(
             session, batch_id, now=now, lease_s=deps.settings.running_lease_s
         )
@@ -70,7 +73,21 @@ def run_batch(
             index: request_items(WriteRequest.model_validate(op.request))[0]
             for index, op in enumerate(taken)
         }
-        attempt = attempt_write(deps, installation, first, WriteOptions(), items, single=False)
+        key = natural_key(installation, first.object_name)
+        for index, op in enumerate(taken):
+            if op.id in held:
+                note_takeover(
+                    session,
+                    op,
+                    [items[index]],
+                    provider=installation.provider,
+                    key=key,
+                    recorder=deps.recorder,
+                    now=now,
+                )
+        session.commit()
+        options = WriteOptions(natural_key=key)
+        attempt = attempt_write(deps, installation, first, options, items, single=False)
         deps.failpoint("batch.after_provider_call")
         now = deps.clock()
         counts: dict[str, int] = {}

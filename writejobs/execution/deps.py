@@ -11,6 +11,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from writejobs.clock import Clock
+from writejobs.core.recorder import NoRecorder, Recorder
 from writejobs.failpoints import no_failpoint
 from writejobs.providers.base import ProviderAdapter
 from writejobs.providers.salesforce_bulk import SalesforceBulkIngest
@@ -45,3 +46,5 @@ class ExecutionDeps:
     schedule_retry: RetryScheduler = _no_retries
     open_bulk: BulkOpener = _no_bulk
     rng: random.Random = field(default_factory=random.Random)
+    # Where execution counts what it sees (possible duplicates); the fleet's metrics when wired.
+    recorder: Recorder = field(default_factory=NoRecorder)

@@ -19,6 +19,7 @@ from writejobs.core.operations import State
 from writejobs.errors import ProviderError
 from writejobs.execution.bulk import run_bulk_attempt
 from writejobs.execution.deps import ExecutionDeps
+from writejobs.execution.repeats import natural_key, note_takeover
 from writejobs.execution.settle import Attempt, indices_to_try, settle
 from writejobs.providers.base import (
     RecordResult,
@@ -50,12 +51,15 @@ def attempt_write(
     """One provider call for the given records (by index); never raises for the provider.
 
     `single` writes one record with the provider's single-record call (the only
-    one that deletes); otherwise the batch call. A failure of the whole call
-    becomes a failed result for every record tried, retryable or not as the
-    adapter classified it.
+    one that deletes); otherwise the batch call. The installation's natural key
+    of the object rides along in the options, so creates that carry it upsert.
+    A failure of the whole call becomes a failed result for every record tried,
+    retryable or not as the adapter classified it.
     """
     indices = list(items)
     object_name, write_type = op.object_name, op.write_type
+    if options.natural_key is None:
+        options = replace(options, natural_key=natural_key(installation, object_name))
     try:
         with deps.open_adapter(installation, deps.settings) as adapter:
             if single:
@@ -116,6 +120,8 @@ def run_operation(operation_id: str, deps: ExecutionDeps) -> State | None:
         if op is None:
             log.warning("operation %s: not found", operation_id)
             return None
+        # Running under a lapsed lease: a previous attempt may have reached the provider.
+        taken_over = op.state == State.RUNNING.value
         if not start_attempt(session, op, deps, deps.clock()):
             return None
         if op.shape == "bulk":
@@ -133,6 +139,17 @@ def run_operation(operation_id: str, deps: ExecutionDeps) -> State | None:
         session.commit()
         installation = tenants_repo.get_installation(session, op.installation_id)
         assert installation is not None
+        if taken_over:
+            note_takeover(
+                session,
+                op,
+                [all_items[i] for i in indices],
+                provider=installation.provider,
+                key=natural_key(installation, op.object_name),
+                recorder=deps.recorder,
+                now=deps.clock(),
+            )
+            session.commit()
         attempt = attempt_write(
             deps,
             installation,

@@ -63,10 +63,17 @@ class BatchOutcome:
 
 @dataclass(frozen=True, slots=True)
 class WriteOptions:
-    """Request-level options: `headers` are Salesforce's, `all_or_none` is the batch policy."""
+    """Request-level options: `headers` are Salesforce's, `all_or_none` is the batch policy.
+
+    `natural_key` is the installation's natural key of the object written (see
+    `writejobs.providers.natural_keys`): a create whose record carries that field
+    is written as an upsert by it, so a repeated attempt updates the record its
+    earlier attempt wrote instead of creating a second one.
+    """
 
     all_or_none: bool = False
     headers: list[tuple[str, str]] = field(default_factory=list)
+    natural_key: str | None = None
 
 
 class ProviderAdapter(Protocol):

@@ -177,6 +177,37 @@ def write_in_chunks(
     return BatchOutcome(results=results, errors=errors, retry_after_s=retry_after_s)
 
 
+def write_split(
+    items: list[WriteItem],
+    picked: Callable[[WriteItem], bool],
+    write_picked: Callable[[list[WriteItem]], BatchOutcome],
+    write_rest: Callable[[list[WriteItem]], BatchOutcome],
+) -> BatchOutcome:
+    """Write the items `picked` chooses with one writer and the rest with another.
+
+    Used to send the creates that carry a natural key as upserts and the others as
+    creates; the results come back in input order, the errors of both joined and
+    `retry_after_s` the longer of the two. A side with no items is not called.
+    """
+    positions = [p for p, item in enumerate(items) if picked(item)]
+    chosen = set(positions)
+    rest = [p for p in range(len(items)) if p not in chosen]
+    results: dict[int, RecordResult] = {}
+    errors: list[str] = []
+    retry_after_s: float | None = None
+    for part, write in ((positions, write_picked), (rest, write_rest)):
+        if not part:
+            continue
+        outcome = write([items[p] for p in part])
+        results.update(zip(part, outcome.results, strict=True))
+        errors.extend(outcome.errors)
+        if outcome.retry_after_s is not None:
+            retry_after_s = max(retry_after_s or 0.0, outcome.retry_after_s)
+    return BatchOutcome(
+        results=[results[p] for p in range(len(items))], errors=errors, retry_after_s=retry_after_s
+    )
+
+
 def first_text(values: Iterable[Any]) -> str | None:
     """The first non-empty string among `values` (a provider's message under any of its keys)."""
     return next((v for v in values if isinstance(v, str) and v.strip()), None)

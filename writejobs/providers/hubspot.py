@@ -6,6 +6,13 @@ chunk) unless the caller wants all or none, which leaves HubSpot to refuse the w
 chunk when one input is bad; batch updates are always partial. Results come back
 unordered, so they are matched to inputs by trace id (creates) or id (updates).
 
+A create of an object with a natural key (`WriteOptions.natural_key`) whose record
+carries it goes to `POST /crm/v3/objects/{objectType}/batch/upsert` instead (also for
+a single record: HubSpot has no single-record upsert), each input
+`{idProperty, id, properties, objectWriteTraceId}`; HubSpot creates the record or
+updates the one holding that value and says which in each result's `new`
+(https://developers.hubspot.com/docs/api-reference/legacy/crm/objects/contacts/batch/upsert-contacts).
+
 Every failed call is classified by `classify_failure`, the one place that knows which
 HubSpot answers are worth retrying; the rules every provider shares (Retry-After,
 transport errors, chunking) are in `http_common`. `read_rate_limit` reads the
@@ -42,10 +49,12 @@ from writejobs.providers.http_common import (
     transport_failure,
     unreadable_response,
     write_in_chunks,
+    write_split,
 )
 
 # Re-exported: callers and tests have always found it here.
 from writejobs.providers.http_common import parse_retry_after as parse_retry_after
+from writejobs.providers.natural_keys import upsert_value
 
 PROVIDER = "hubspot"
 OBJECTS_PATH = "/crm/v3/objects"
@@ -92,6 +101,8 @@ class HubSpotAdapter:
     ) -> RecordResult:
         """Create (`POST`), update (`PATCH`, id from `record["id"]`) or delete one record."""
         record_id: str | None = None
+        if write_type == "create" and self._upserted_by(options, item) is not None:
+            return self._upsert_one(object_name, item, options)
         if write_type == "create":
             body: dict[str, Any] = {"properties": item.record}
             if item.associations:
@@ -135,11 +146,86 @@ class HubSpotAdapter:
         asked to wait. `options.all_or_none` applies to creates; updates are always
         partial on HubSpot.
         """
-        return write_in_chunks(
-            items,
-            self.max_batch_size,
-            lambda chunk: self._write_chunk(object_name, write_type, chunk, options),
+
+        def write(part: list[WriteItem]) -> BatchOutcome:
+            return write_in_chunks(
+                part,
+                self.max_batch_size,
+                lambda chunk: self._write_chunk(object_name, write_type, chunk, options),
+            )
+
+        upserted = [self._upserted_by(options, item) is not None for item in items]
+        if write_type != "create" or not any(upserted):
+            return write(items)
+        if options.all_or_none and not all(upserted):
+            # Two calls could not be all or none together: every record is created.
+            return write(items)
+
+        def upsert(part: list[WriteItem]) -> BatchOutcome:
+            return write_in_chunks(
+                part,
+                self.max_batch_size,
+                lambda chunk: self._upsert_chunk(object_name, chunk, options),
+            )
+
+        return write_split(
+            items, lambda item: self._upserted_by(options, item) is not None, upsert, write
         )
+
+    def _upserted_by(self, options: WriteOptions, item: WriteItem) -> str | None:
+        return upsert_value(PROVIDER, options.natural_key, item)
+
+    def _upsert_one(self, object_name: str, item: WriteItem, options: WriteOptions) -> RecordResult:
+        """One record through the batch upsert; raises as `write_one` does."""
+        try:
+            return self._upsert(object_name, [item], options).results[0]
+        except ProviderError as error:
+            if not rejects_the_record(error):
+                raise
+            return RecordResult(success=False, error=error.message, status_code=error.status_code)
+
+    def _upsert_chunk(
+        self, object_name: str, chunk: list[WriteItem], options: WriteOptions
+    ) -> BatchOutcome:
+        try:
+            return self._upsert(object_name, chunk, options)
+        except ProviderError as error:
+            return failed_chunk(error, len(chunk))
+
+    def _upsert(
+        self, object_name: str, chunk: list[WriteItem], options: WriteOptions
+    ) -> BatchOutcome:
+        """One batch upsert by the natural key; raises `ProviderError` when the call fails.
+
+        Inputs carry their position as `objectWriteTraceId` (left out for all or
+        none, as for creates), and results and errors are matched back by it.
+        """
+        assert options.natural_key is not None
+        inputs: list[dict[str, Any]] = []
+        keys: dict[int, str | None] = {}
+        for position, item in enumerate(chunk):
+            trace_id = None if options.all_or_none else str(position)
+            entry: dict[str, Any] = {
+                "idProperty": options.natural_key,
+                "id": self._upserted_by(options, item),
+                "properties": item.record,
+            }
+            if trace_id is not None:
+                entry["objectWriteTraceId"] = trace_id
+            inputs.append(entry)
+            keys[position] = trace_id
+        path = f"{_objects_path(object_name)}/batch/upsert"
+        response = self._send("POST", path, {"inputs": inputs})
+        if not response.is_success:
+            raise classify_failure(response, now=self._clock())
+        body = _json_object(response)
+        matched, unmatched = _match(
+            keys, body, context_key="objectWriteTraceId", result_key="objectWriteTraceId"
+        )
+        results = [
+            matched.get(p, RecordResult(success=False, error=_NO_RESULT)) for p in range(len(chunk))
+        ]
+        return BatchOutcome(results=results, errors=unmatched)
 
     def _write_chunk(
         self,

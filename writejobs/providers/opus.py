@@ -16,6 +16,15 @@ overwrite what is there), updates with `Overwrite`, and deletes fail per record.
 
 Opus publishes no rate limits; `read_rate_limit` reads the one signal it gives, a
 429 with `Retry-After`.
+
+A record is named by its `rowKey`, so Opus always recognises a create sent again:
+with `Skip` it keeps the record the first attempt wrote and creates no second one.
+When the object's natural key is `rowKey` (`WriteOptions.natural_key`, the only one
+Opus has), creates submit with `Overwrite`: an upsert by `rowKey`, as HubSpot's and
+Salesforce's are by theirs, so the record holds what was sent last. (Opus's guide,
+Appendices > API for Connector > Supported APIs: `conflictOption` is "the conflict
+resolution when there are records with the same unique key", `Overwrite` or `Skip`;
+https://stg.learn.cdn.sharepointguild.com/avepoint-opus/appendices/api-for-connector/supported-apis.html)
 """
 
 from __future__ import annotations
@@ -111,7 +120,7 @@ class OpusAdapter:
         if write_type == "delete":
             return RecordResult(success=False, record_id=row_key(item.record), error=_NO_DELETE)
         try:
-            return self._submit(object_name, write_type, [item]).results[0]
+            return self._submit(object_name, write_type, [item], options).results[0]
         except ProviderError as error:
             if not rejects_the_record(error):
                 raise
@@ -139,7 +148,7 @@ class OpusAdapter:
 
         def write_chunk(chunk: list[WriteItem]) -> BatchOutcome:
             try:
-                return self._submit(object_name, write_type, chunk)
+                return self._submit(object_name, write_type, chunk, options)
             except ProviderError as error:
                 return failed_chunk(
                     error, len(chunk), {p: _missing_row_key() for p in _keyless(chunk)}
@@ -148,7 +157,11 @@ class OpusAdapter:
         return write_in_chunks(items, self.max_batch_size, write_chunk)
 
     def _submit(
-        self, object_name: str, write_type: Literal["create", "update"], chunk: list[WriteItem]
+        self,
+        object_name: str,
+        write_type: Literal["create", "update"],
+        chunk: list[WriteItem],
+        options: WriteOptions,
     ) -> BatchOutcome:
         """One call for up to 15 records; raises `ProviderError` when the call fails."""
         positions: dict[str, list[int]] = {}
@@ -164,7 +177,7 @@ class OpusAdapter:
 
         body = {
             "id": self._connection_id or object_name,
-            "conflictOption": self._conflict_options[write_type],
+            "conflictOption": self._conflict_option(write_type, options),
             "data": data,
         }
         response = self._send(body)
@@ -187,6 +200,14 @@ class OpusAdapter:
             if key not in positions:
                 unmatched.append(f"failed item {key or '(no rowKey)'}: {message}")
         return BatchOutcome(results=[results[p] for p in range(len(chunk))], errors=unmatched)
+
+    def _conflict_option(
+        self, write_type: Literal["create", "update"], options: WriteOptions
+    ) -> str:
+        """`Overwrite` for a create by the natural key `rowKey` (an upsert); else as configured."""
+        if write_type == "create" and options.natural_key == ROW_KEY:
+            return "Overwrite"
+        return self._conflict_options[write_type]
 
     def _send(self, body: dict[str, Any]) -> httpx.Response:
         try:

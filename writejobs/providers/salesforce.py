@@ -9,6 +9,17 @@ result per record, **in input order**. Salesforce accepts up to 200 records a ca
 an all-or-none call that fails answers every other record with
 `ALL_OR_NONE_OPERATION_ROLLED_BACK`.
 
+A create of an object with a natural key (`WriteOptions.natural_key`, an external id
+field) whose record carries it is an upsert by that field: one record `PATCH`es
+`/sobjects/{Object}/{Field}/{value}` (201 created or 200 updated with
+`{id, success, errors, created}`, 204 before API 46.0)
+(https://developer.salesforce.com/docs/platform/api-rest/guide/dome-upsert.html), a
+batch `PATCH`es `/composite/sobjects/{Object}/{Field}` with records carrying
+`attributes.type` and the field, answered by one UpsertResult per record in input
+order (https://developer.salesforce.com/docs/platform/api-rest/guide/resources-composite-sobjects-collections-upsert.html).
+A value that matches several records is refused (300 `MULTIPLE_CHOICES` alone, a
+`DUPLICATE_EXTERNAL_ID` error in a collection).
+
 Errors come as `[{message, errorCode}]` (save results: `[{statusCode, message}]`).
 `classify_failure` is the one place that knows which of them are worth retrying:
 `REQUEST_LIMIT_EXCEEDED` (which Salesforce sends with a 403), `UNABLE_TO_LOCK_ROW`
@@ -52,7 +63,9 @@ from writejobs.providers.http_common import (
     transport_failure,
     unreadable_response,
     write_in_chunks,
+    write_split,
 )
+from writejobs.providers.natural_keys import upsert_value
 
 PROVIDER = "salesforce"
 DISPLAY_NAME = "Salesforce"
@@ -87,6 +100,7 @@ FORWARDED_HEADERS = frozenset(
 )
 _NO_RESULT = "Salesforce returned no result for this record"
 _NOT_SENT = "not sent: another record of this all-or-none batch has no id"
+_MULTIPLE_MATCHES = "MULTIPLE_CHOICES: the external id matches more than one record"
 
 
 class SalesforceAdapter:
@@ -120,6 +134,9 @@ class SalesforceAdapter:
     ) -> RecordResult:
         """Create (`POST`), update (`PATCH`) or delete (`DELETE`) one record."""
         headers = forwarded_headers(options)
+        key_value = upsert_value(PROVIDER, options.natural_key, item)
+        if write_type == "create" and options.natural_key is not None and key_value is not None:
+            return self._upsert_one(object_name, options.natural_key, key_value, item, headers)
         if write_type == "create":
             response = self._send("POST", _sobject_path(object_name), headers, item.record)
             if response.is_success:
@@ -166,11 +183,59 @@ class SalesforceAdapter:
         failure is), and the outcome's `retry_after_s` is the longest any call
         was asked to wait.
         """
-        return write_in_chunks(
-            items,
-            self.max_batch_size,
-            lambda chunk: self._write_collection(object_name, write_type, chunk, options),
-        )
+
+        def write(part: list[WriteItem], *, upsert: bool = False) -> BatchOutcome:
+            return write_in_chunks(
+                part,
+                self.max_batch_size,
+                lambda chunk: self._write_collection(
+                    object_name, write_type, chunk, options, upsert=upsert
+                ),
+            )
+
+        def upserted(item: WriteItem) -> bool:
+            return upsert_value(PROVIDER, options.natural_key, item) is not None
+
+        marks = [upserted(item) for item in items]
+        if write_type != "create" or not any(marks):
+            return write(items)
+        if options.all_or_none and not all(marks):
+            # Two calls could not be all or none together: every record is created.
+            return write(items)
+        return write_split(items, upserted, lambda part: write(part, upsert=True), write)
+
+    def _upsert_one(
+        self,
+        object_name: str,
+        field: str,
+        value: str,
+        item: WriteItem,
+        headers: list[tuple[str, str]],
+    ) -> RecordResult:
+        """`PATCH /sobjects/{Object}/{Field}/{value}`: the record created (201) or updated.
+
+        The field is in the path, so it is left out of the body.
+        """
+        path = f"{_sobject_path(object_name)}/{quote(field, safe='')}/{quote(value, safe='')}"
+        body = {k: v for k, v in item.record.items() if k != field}
+        response = self._send("PATCH", path, headers, body)
+        if response.status_code == 300:
+            # Several records hold the value: Salesforce lists them and writes nothing.
+            return RecordResult(success=False, error=_MULTIPLE_MATCHES, status_code=300)
+        if response.is_success:
+            answer = read_json(response)
+            if isinstance(answer, dict) and "success" in answer:
+                return save_result(answer)
+            if response.status_code == 204:
+                # Before API 46.0 an update answered 204 with no body (and no id).
+                return RecordResult(success=True)
+            raise unreadable_response(
+                response, provider=PROVIDER, display_name=DISPLAY_NAME, expected="a save result"
+            )
+        error = classify_failure(response, now=self._clock())
+        if not rejects_the_record(error):
+            raise error
+        return RecordResult(success=False, error=error.message, status_code=error.status_code)
 
     def _write_collection(
         self,
@@ -178,7 +243,10 @@ class SalesforceAdapter:
         write_type: Literal["create", "update"],
         chunk: list[WriteItem],
         options: WriteOptions,
+        *,
+        upsert: bool = False,
     ) -> BatchOutcome:
+        """One collection call: create, update, or (`upsert`) upsert by the natural key."""
         early: dict[int, RecordResult] = {}
         records: list[dict[str, Any]] = []
         sent: list[int] = []
@@ -201,10 +269,14 @@ class SalesforceAdapter:
         if not records:
             return BatchOutcome(results=[early[p] for p in range(len(chunk))])
 
-        method = "POST" if write_type == "create" else "PATCH"
+        method = "POST" if write_type == "create" and not upsert else "PATCH"
+        path = COLLECTIONS_PATH
+        if upsert:
+            assert options.natural_key is not None
+            path = f"{path}/{quote(object_name, safe='')}/{quote(options.natural_key, safe='')}"
         body = {"allOrNone": options.all_or_none, "records": records}
         try:
-            response = self._send(method, COLLECTIONS_PATH, forwarded_headers(options), body)
+            response = self._send(method, path, forwarded_headers(options), body)
             saved = self._save_results(response)
         except ProviderError as error:
             return failed_chunk(error, len(chunk), early)

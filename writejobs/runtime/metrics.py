@@ -68,6 +68,12 @@ CATALOG: dict[str, MetricInfo] = {
         ("provider",),
         (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
     ),
+    "possible_duplicates": MetricInfo(
+        "counter",
+        "Records created again after an attempt that may have reached the provider "
+        "(taken over from a dead worker, no natural key to upsert by), by provider.",
+        ("provider",),
+    ),
     "retries_scheduled": MetricInfo(
         "counter", "Waits for a next attempt, by what waits (op or batch).", ("kind",)
     ),

@@ -67,6 +67,7 @@ def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
         failpoint=failpoint,
         schedule_retry=schedule_retry,
         open_bulk=clients.open_bulk_ingest,
+        recorder=metrics,
     )
 
     batcher = AutoBatcher(

@@ -369,3 +369,18 @@ def renew_lease(session: Session, operation_id: str, *, now: datetime, lease_s: 
     renewed: bool = session.execute(statement, execution_options=_NO_SYNC).rowcount == 1  # type: ignore[attr-defined]
     session.commit()
     return renewed
+
+
+def lapsed_holders(session: Session, batch_id: str, *, now: datetime) -> set[str]:
+    """Members of a batch left `running` under a lapsed lease: a delivery took them,
+    began its provider call and never settled (its worker died).
+
+    Read just before `take_batch` with the same `now`, so the caller knows which of
+    the members it takes are taken over rather than started afresh.
+    """
+    statement = select(Operation.id).where(
+        Operation.batch_id == batch_id,
+        Operation.state == State.RUNNING.value,
+        Operation.lease_expires_at < now,
+    )
+    return set(session.scalars(statement))

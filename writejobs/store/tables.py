@@ -78,6 +78,10 @@ class Installation(Base):
     # Its own provider rate limit, `{"max": N, "interval_ms": M}` (core.flow.RateLimit);
     # None: the provider kind's default (writejobs/grouping/limiter.py).
     rate_limit: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # Per object, the field whose value names one record at the provider (a natural
+    # key: `{"contacts": "email", "Account": "External_Id__c"}`), so a create that
+    # carries it is written as an upsert and a repeated attempt cannot duplicate it.
+    natural_keys: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     config_id: Mapped[str] = mapped_column(String(36))
     created_at: Mapped[datetime]
 

@@ -143,6 +143,27 @@ def set_rate_limit(
     return True
 
 
+def set_natural_key(
+    session: Session, installation_id: str, object_name: str, field: str | None
+) -> bool:
+    """Name (or, with None, forget) the natural key of one object of an installation.
+
+    False when there is no such installation. The column is replaced as a whole,
+    so the change is seen by the ORM and reaches SQL as one JSON value.
+    """
+    installation = session.get(Installation, installation_id)
+    if installation is None:
+        return False
+    keys = dict(installation.natural_keys or {})
+    if field is None:
+        keys.pop(object_name, None)
+    else:
+        keys[object_name] = field
+    installation.natural_keys = keys or None
+    session.flush()
+    return True
+
+
 def find_installation(session: Session, integration_id: str, group_ref: str) -> Installation | None:
     statement = select(Installation).where(
         Installation.integration_id == integration_id, Installation.group_ref == group_ref
