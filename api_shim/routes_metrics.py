@@ -30,6 +30,7 @@ def metrics_registry(wiring: Wiring, settings: Settings) -> CollectorRegistry:
         wiring.deps.sessions,
         wiring.retries.key,
         local=wiring.metrics,
+        queues=(settings.celery_queue,),
     )
     registry.register(collector)
     return registry

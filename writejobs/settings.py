@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     # Basic auth for Flower's pages, `user:password` (comma-separated for several);
     # unset, `<data_dir>/flower.auth`, made on first use (see writejobs/cli/flower_auth.py).
     flower_basic_auth: str | None = Field(default=None, repr=False)
+    # Flower and the sandbox listen on loopback unless told otherwise (a container's
+    # must listen on 0.0.0.0 to be reached from outside it).
+    flower_host: str = "127.0.0.1"
+    sandbox_host: str = "127.0.0.1"
     worker_concurrency: int = Field(default=2, ge=1)
     celery_queue: str = Field(default="writejobs", description="The queue write tasks go to.")
     redis_namespace: str = Field(default="wj", description="Prefix of every writejobs Redis key.")

@@ -223,8 +223,9 @@ def worker() -> None:
 
 @app.command()
 def flower() -> None:
-    """Run Flower, the Celery monitor, on 127.0.0.1:WRITEJOBS_FLOWER_PORT, behind basic auth
-    (WRITEJOBS_FLOWER_BASIC_AUTH, or a user and password made once in the data dir)."""
+    """Run Flower, the Celery monitor, on WRITEJOBS_FLOWER_HOST:WRITEJOBS_FLOWER_PORT, behind
+    basic auth (WRITEJOBS_FLOWER_BASIC_AUTH, or a user and password made once in the data
+    dir)."""
     from writejobs.cli.flower_auth import BadFlowerAuth, flower_basic_auth
 
     settings = load_settings()
@@ -234,7 +235,9 @@ def flower() -> None:
         raise typer.BadParameter(str(exc)) from None
     # Through Flower's environment, not its command line, where `ps` would show it.
     os.environ["FLOWER_BASIC_AUTH"] = basic_auth
-    pieces.exec_celery("flower", f"--port={settings.flower_port}", "--address=127.0.0.1")
+    pieces.exec_celery(
+        "flower", f"--port={settings.flower_port}", f"--address={settings.flower_host}"
+    )
 
 
 @app.command()
@@ -245,17 +248,50 @@ def scheduler() -> None:
 
 @app.command()
 def sandbox() -> None:
-    """Run the sandbox provider (HubSpot, Salesforce, Opus) on 127.0.0.1:WRITEJOBS_SANDBOX_PORT."""
+    """Run the sandbox provider (HubSpot, Salesforce, Opus) on
+    WRITEJOBS_SANDBOX_HOST:WRITEJOBS_SANDBOX_PORT."""
     pieces.serve_sandbox(load_settings())
 
 
 @app.command()
-def migrate() -> None:
-    """Apply the store's migrations (idempotent)."""
+def migrate(
+    check: Annotated[
+        bool,
+        typer.Option(
+            help="Change nothing: exit 0 if the schema is at this release's head (or newer), "
+            "else 1. A piece's init container waits this way for the release's migration."
+        ),
+    ] = False,
+    wait_s: Annotated[
+        float, typer.Option(min=0, help="With --check: keep checking this long before exit 1.")
+    ] = 0.0,
+) -> None:
+    """Apply the store's migrations (idempotent), or with --check tell whether they are."""
     from writejobs.store.migrate import migrate as run_migrations
+    from writejobs.store.migrate import schema_state
 
-    run_migrations(load_settings())
-    console.print("migrated.")
+    settings = load_settings()
+    if not check:
+        run_migrations(settings)
+        console.print("migrated.")
+        return
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            state = schema_state(settings)
+            if state.ready:
+                console.print(
+                    "schema ready" + (" (newer than this release)" if state.newer else "")
+                )
+                return
+            found = ", ".join(sorted(state.current)) or "none"
+            why = f"schema at {found}, this release needs {', '.join(sorted(state.head))}"
+        except Exception as exc:  # the database not answering yet is one more reason to wait
+            why = f"database not reachable: {type(exc).__name__}"
+        if time.monotonic() >= deadline:
+            console.print(f"not ready: {why}")
+            raise typer.Exit(1)
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
 
 @admin.command("create-project")

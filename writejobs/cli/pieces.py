@@ -47,14 +47,14 @@ def run_scheduler(settings: Settings) -> None:
 
 
 def serve_sandbox(settings: Settings) -> None:
-    """The sandbox provider on 127.0.0.1."""
+    """The sandbox provider on `sandbox_host` (loopback unless set)."""
     import uvicorn
 
     from sandbox.app import create_app
 
     uvicorn.run(
         create_app(),
-        host="127.0.0.1",
+        host=settings.sandbox_host,
         port=settings.sandbox_port,
         log_level="warning",
         access_log=False,

@@ -4,8 +4,9 @@ Metrics are recorded in many processes (API processes, Celery pool children,
 schedulers), most of them forked or short-lived, none with a port of its own.
 So each adds to fields of one Redis hash (`{ns}:metrics`), and any API process's
 `GET /metrics` renders the whole fleet's figures, together with gauges read at
-scrape time: auto-batch groups waiting, claims not yet sent, retry waits, and
-operations not yet finished (plus expired ones) by state, from SQL.
+scrape time: auto-batch groups waiting, claims not yet sent, retry waits, tasks
+waiting in the Celery queues, and operations not yet finished (plus expired ones)
+by state, from SQL.
 
 Recording costs a request no Redis round trip: increments are summed in memory
 and sent at most every second by a thread of each process (and at exit), so a
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from kombu.transport.redis import PRIORITY_STEPS, Channel
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -73,6 +75,12 @@ CATALOG: dict[str, MetricInfo] = {
         "Records created again after an attempt that may have reached the provider "
         "(taken over from a dead worker, no natural key to upsert by), by provider.",
         ("provider",),
+    ),
+    "operations_finished": MetricInfo(
+        "counter",
+        "Operations ended, by state (succeeded, partially_succeeded, failed, expired), "
+        "counted when the transaction that ended them commits.",
+        ("state",),
     ),
     "retries_scheduled": MetricInfo(
         "counter", "Waits for a next attempt, by what waits (op or batch).", ("kind",)
@@ -208,11 +216,14 @@ class FleetCollector(Collector):
         sessions: sessionmaker[Session],
         retry_key: str,
         local: Metrics | None = None,
+        queues: Sequence[str] = (),
     ) -> None:
         self._client = client
         self._keys = keys
         self._sessions = sessions
         self._retry_key = retry_key
+        # Celery queues whose waiting tasks are counted (`celery_queue_length{queue}`).
+        self._queues = tuple(queues)
         # This process's own recorder: flushed first, so its figures are current.
         self._local = local
 
@@ -233,7 +244,10 @@ class FleetCollector(Collector):
         pipe.zcard(self._keys.due)
         pipe.zcard(self._keys.unsent)
         pipe.zcard(self._retry_key)
-        waiting, unsent, retries = pipe.execute()
+        for queue in self._queues:
+            for name in celery_queue_lists(queue):
+                pipe.llen(name)
+        waiting, unsent, retries, *lengths = pipe.execute()
         for name, help_text, value in (
             ("auto_batch_groups_waiting", "Auto-batch groups holding records.", waiting),
             (
@@ -244,6 +258,15 @@ class FleetCollector(Collector):
             ("retry_waits", "Operations and batches waiting for their next attempt.", retries),
         ):
             yield GaugeMetricFamily(f"{PREFIX}_{name}", help_text, value=float(value))
+        queued = GaugeMetricFamily(
+            f"{PREFIX}_celery_queue_length",
+            "Tasks waiting in a Celery queue in Redis (not yet taken by a worker), by queue.",
+            labels=["queue"],
+        )
+        per_queue = len(celery_queue_lists(""))
+        for i, queue in enumerate(self._queues):
+            queued.add_metric([queue], float(sum(lengths[i * per_queue : (i + 1) * per_queue])))
+        yield queued
         states = GaugeMetricFamily(
             f"{PREFIX}_operations",
             "Operations not finished yet, and expired ones, by state.",
@@ -261,6 +284,13 @@ class FleetCollector(Collector):
         for state, n in counts.items():
             states.add_metric([state], float(n))
         yield states
+
+
+def celery_queue_lists(queue: str) -> list[str]:
+    """The Redis lists that hold a Celery queue's waiting tasks: kombu's Redis transport
+    keeps one list per priority step, the queue's own name for priority 0 and
+    `<queue>\\x06\\x16<step>` for the others (a task sent with a priority lands there)."""
+    return [queue if step == 0 else f"{queue}{Channel.sep}{step}" for step in PRIORITY_STEPS]
 
 
 def _counter(name: str, info: MetricInfo, fields: dict[str, float]) -> CounterMetricFamily:

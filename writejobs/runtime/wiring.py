@@ -23,6 +23,7 @@ from writejobs.runtime.celery_config import create_sender
 from writejobs.runtime.metered import metered
 from writejobs.runtime.metrics import Metrics
 from writejobs.settings import Settings
+from writejobs.store import operations_repo
 from writejobs.store.credentials import StoredCredentials
 from writejobs.store.db import create_session_factory, create_store_engine
 from writejobs.store.group_commit import GroupCommitter
@@ -59,9 +60,11 @@ def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
         metrics.count("retries_scheduled", kind=kind)
 
     clients = _provider_clients(settings)
+    sessions = create_session_factory(create_store_engine(settings))
+    operations_repo.count_finished(sessions, metrics)
     deps = ExecutionDeps(
         settings=settings,
-        sessions=create_session_factory(create_store_engine(settings)),
+        sessions=sessions,
         open_adapter=metered(clients.open_adapter, metrics),
         clock=clock,
         failpoint=failpoint,

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, delete, insert, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Table, and_, delete, event, insert, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
 from writejobs.clock import as_utc, iso
-from writejobs.core.operations import ALLOWED_FROM, State
+from writejobs.core.operations import ALLOWED_FROM, TERMINAL, State
+from writejobs.core.recorder import Recorder
 from writejobs.store.tables import Operation, OperationLog, OperationPayload
 
 log = logging.getLogger(__name__)
@@ -83,11 +84,38 @@ def transition(
         values["lease_expires_at"] = now + timedelta(seconds=lease_s)
     statement = update(Operation).where(Operation.id == operation_id, condition).values(**values)
     moved: bool = session.execute(statement, execution_options=_NO_SYNC).rowcount == 1  # type: ignore[attr-defined]
+    if moved and to in TERMINAL:
+        _note_finished(session, to)
     if commit:
         session.commit()
     if not moved:
         log.info("operation %s: not moved to %s (state changed elsewhere)", operation_id, to)
     return moved
+
+
+# session.info key: the operations this transaction ended, by state, counted at commit.
+_FINISHED = "writejobs.operations_finished"
+
+
+def _note_finished(session: Session, state: State, n: int = 1) -> None:
+    finished: dict[str, int] = session.info.setdefault(_FINISHED, {})
+    finished[state.value] = finished.get(state.value, 0) + n
+
+
+def count_finished(sessions: sessionmaker[Session], recorder: Recorder) -> None:
+    """Count each operation the sessions of `sessions` end (`operations_finished{state}`)
+    when the transaction that ended it commits, so a rolled-back end is never counted
+    and every path that ends one (settling, the watchdog, intake's failures) is."""
+
+    def committed(session: Session) -> None:
+        for state, n in session.info.pop(_FINISHED, {}).items():
+            recorder.count("operations_finished", n, state=state)
+
+    def rolled_back(session: Session) -> None:
+        session.info.pop(_FINISHED, None)
+
+    event.listen(sessions, "after_commit", committed)
+    event.listen(sessions, "after_rollback", rolled_back)
 
 
 def add_log(
