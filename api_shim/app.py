@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from api_shim import routes_bulk, routes_health, routes_metrics, routes_operations, routes_write
+from api_shim.console import routes as console
 from api_shim.problems import install_handlers
 from api_shim.routes_metrics import metrics_registry
 from api_shim.state import AppState
@@ -31,4 +32,5 @@ def create_app(settings: Settings | None = None, *, wiring: Wiring | None = None
     app.include_router(routes_operations.router)
     app.include_router(routes_health.router)
     app.include_router(routes_metrics.router)
+    console.install(app, settings)
     return app
