@@ -384,7 +384,7 @@ def fleet(request: Request, viewer: CurrentViewer, state: State, session: DbSess
     history = metrics_history.read_history(state.redis, keys)
 
     def chart(title: str, unit: str, name: str) -> Chart:
-        values = metrics_history.series(history, name, now=now)
+        values = metrics_history.series(history, name, now=now, live=current)
         return bar_chart(title, unit, values, counter=name in metrics_history.COUNTERS)
 
     charts = [

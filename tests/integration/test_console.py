@@ -424,8 +424,9 @@ def test_the_fleet_page_draws_the_last_hour_for_an_operator(
         assert page.status_code == 200
         text = page.text
         assert "Queue depth" in text and "Provider 429s" in text
-        # 25 - 10 writes in the newest minute; the queue held 2 tasks
-        assert "this minute: 15 writes" in text
+        # 25 - 10 writes in the minute before this one, none since; 2 tasks queued now
+        assert "1 min ago: 15 writes" in text
+        assert "this minute: 0 writes" in text
         assert "this minute: 2 tasks" in text
         assert "<svg" in text and "<rect" in text
     finally:

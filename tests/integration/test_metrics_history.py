@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -77,11 +78,16 @@ def test_counters_chart_their_growth_and_gauges_their_value(
             client.rpush(queue, *[f"t{i}" for i in range(depth)])
         record_minute(client, keys, queue, T0 + timedelta(minutes=minute))
     history = read_history(client, keys)
-    now = T0 + timedelta(minutes=4)
+    now = T0 + timedelta(minutes=4, seconds=30)
 
-    assert series(history, "provider_calls_ok", now=now)[-5:] == [None, 7, None, None, None]
-    assert series(history, "provider_429s", now=now)[-5:] == [None, 2, None, None, 0]
+    # a snapshot holds the totals as its minute began: minute 0 grew by 12 - 5
+    assert series(history, "provider_calls_ok", now=now)[-5:] == [7, None, None, None, None]
+    assert series(history, "provider_429s", now=now)[-5:] == [2, None, None, 0, None]
     assert series(history, "queue_depth", now=now)[-5:] == [3, 0, None, 1, 1]
+    # the current minute, so far, against the figures now
+    live = replace(history[-1], minute=history[-1].minute, provider_calls_ok=9, queue_depth=6)
+    assert series(history, "provider_calls_ok", now=now, live=live)[-1] == 5
+    assert series(history, "queue_depth", now=now, live=live)[-1] == 6
     # retryable calls count as failed; ok ones do not
     assert [s.provider_calls_failed for s in history] == [1, 1, 1, 1]
     assert len(series(history, "queue_depth", now=now)) == HISTORY_MINUTES

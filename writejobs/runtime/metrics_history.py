@@ -8,7 +8,8 @@ accepted, provider calls and provider 429s) and pushes it onto a capped list,
 `{ns}:metrics:history`, newest first, 60 kept. Any number of schedulers may run:
 the first to claim the minute (`SET {ns}:metrics:minute:{m} NX`) takes it, the
 others skip it. Charts of counters plot the difference between neighbouring
-minutes; a minute with no snapshot (no scheduler ran) is a gap, not a zero.
+minutes (the current minute's so far, against the figures now); a minute with
+no snapshot (no scheduler ran) is a gap, not a zero.
 """
 
 from __future__ import annotations
@@ -125,26 +126,30 @@ def read_history(client: redis.Redis, keys: Keys) -> list[Snapshot]:
     return [found[m] for m in sorted(found)]
 
 
-def series(history: list[Snapshot], name: str, *, now: datetime) -> list[int | None]:
+def series(
+    history: list[Snapshot], name: str, *, now: datetime, live: Snapshot | None = None
+) -> list[int | None]:
     """`HISTORY_MINUTES` values of metric `name`, oldest minute first, ending at `now`'s.
 
-    A gauge is its value at that minute; a counter is how much it grew since the
-    minute before. None where that is unknown: no snapshot, no snapshot the minute
-    before, or a total that went down (the metrics hash was reset).
+    A snapshot holds the totals as a minute began, so a counter's figure for minute
+    m is how much it grew until the snapshot of m + 1 (for the current minute: until
+    `live`, the figures now, so far). A gauge is its value at that minute (`live`
+    for the current one). None where that is unknown: no snapshot at either end, or
+    a total that went down (the metrics hash was reset).
     """
     by_minute = {s.minute: s for s in history}
     last = minute_of(now)
     values: list[int | None] = []
     for minute in range(last - HISTORY_MINUTES + 1, last + 1):
-        here = by_minute.get(minute)
-        if here is None:
-            values.append(None)
-        elif name in COUNTERS:
-            before = by_minute.get(minute - 1)
-            grew = None if before is None else getattr(here, name) - getattr(before, name)
-            values.append(grew if grew is not None and grew >= 0 else None)
-        else:
-            values.append(int(getattr(here, name)))
+        current = live if minute == last and live is not None else None
+        if name not in COUNTERS:
+            here = current or by_minute.get(minute)
+            values.append(None if here is None else int(getattr(here, name)))
+            continue
+        start = by_minute.get(minute)
+        end = by_minute.get(minute + 1) or current
+        grew = None if start is None or end is None else getattr(end, name) - getattr(start, name)
+        values.append(grew if grew is not None and grew >= 0 else None)
     return values
 
 
