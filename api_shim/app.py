@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from api_shim import routes_bulk, routes_health, routes_metrics, routes_operations, routes_write
+from api_shim.console import routes as console
 from api_shim.problems import install_handlers
 from api_shim.routes_metrics import metrics_registry
 from api_shim.state import AppState
@@ -16,7 +18,9 @@ def create_app(settings: Settings | None = None, *, wiring: Wiring | None = None
     """The write and operations API over the given settings (or the environment)."""
     settings = settings or load_settings()
     wiring = wiring or wire(settings)
-    app = FastAPI(
+    # /docs with Swagger UI served from the package, not a CDN: installations without
+    # internet access (and the browser tests) see the API's docs too.
+    app = FastAPIOffline(
         title="writejobs",
         summary="Asynchronous write jobs to your customers' SaaS apps.",
         version="0.1.0",
@@ -31,4 +35,5 @@ def create_app(settings: Settings | None = None, *, wiring: Wiring | None = None
     app.include_router(routes_operations.router)
     app.include_router(routes_health.router)
     app.include_router(routes_metrics.router)
+    console.install(app, settings)
     return app

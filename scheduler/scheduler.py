@@ -9,6 +9,7 @@ from datetime import datetime
 from writejobs.grouping.autobatch import TickReport
 from writejobs.grouping.recovery import expire_overdue, requeue_stalled
 from writejobs.intake.idempotency import purge_expired
+from writejobs.runtime.metrics_history import MinuteRecorder
 from writejobs.runtime.wiring import Wiring
 from writejobs.settings import Settings
 
@@ -23,6 +24,8 @@ class SchedulerReport:
     requeued: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     keys_purged: int = 0
+    # This scheduler took the minute's snapshot for the console's charts.
+    history_recorded: bool = False
 
 
 class Scheduler:
@@ -32,6 +35,7 @@ class Scheduler:
         self.settings = settings
         self.wiring = wiring
         self._last_sweep_s = float("-inf")
+        self._history = MinuteRecorder(wiring.redis, wiring.batcher.keys, settings.celery_queue)
 
     def tick(self, now: datetime) -> SchedulerReport:
         batcher = self.wiring.batcher
@@ -52,4 +56,5 @@ class Scheduler:
                 self.wiring.deps.sessions, now=now, grace_s=self.settings.watchdog_grace_s
             )
             report.keys_purged = purge_expired(self.wiring.deps.sessions, now=now)
+        report.history_recorded = self._history.tick(now)
         return report

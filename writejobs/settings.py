@@ -69,6 +69,15 @@ class Settings(BaseSettings):
     secret_key: str | None = Field(default=None, repr=False)
     log_level: str = "INFO"
 
+    # The operations console (`/console`, api_shim/console/). Operators, `user:password`
+    # comma-separated, log in and see every project (a project's API key logs in too,
+    # and sees its own); unset, only API keys log in.
+    console_operators: str | None = Field(default=None, repr=False)
+    # Signs the console's session cookie; unset, derived from the credentials key
+    # (`secret_key` or the data dir's `secret.key`), which every API process shares.
+    console_secret: str | None = Field(default=None, repr=False)
+    console_session_ttl_s: float = Field(default=43200.0, gt=0)
+
     @cached_property
     def sqlalchemy_url(self) -> str:
         """The store's URL, with PostgreSQL pinned to psycopg 3."""

@@ -144,14 +144,16 @@ def _redis_servers_under(directory: Path) -> list[psutil.Process]:
 
 
 @contextmanager
-def running_up(workdir: Path, *, demo: bool = True) -> Iterator[UpRun]:
-    """Start `up --demo` (or `up`) in `workdir`; whatever the test does, stop it and all it
-    started."""
+def running_up(
+    workdir: Path, *, demo: bool = True, env: dict[str, str] | None = None
+) -> Iterator[UpRun]:
+    """Start `up --demo` (or `up`) in `workdir`, with `env` added to the embedded defaults;
+    whatever the test does, stop it and all it started."""
     ports = dict(zip(("api", "sandbox", "flower"), _free_ports(3), strict=True))
     process = subprocess.Popen(
         [sys.executable, "-m", "writejobs", "up", *(["--demo"] if demo else [])],
         cwd=workdir,
-        env=_embedded_env(ports),
+        env=_embedded_env(ports) | (env or {}),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

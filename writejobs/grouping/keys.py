@@ -10,6 +10,9 @@ SQL. Keys, under a namespace prefix:
     {ns}:unsent           zset  claimed batches whose task is not known to be sent, by claim time
     {ns}:retry            zset  waits for a next attempt: `op:<id>` / `batch:<id>` by due time
     {ns}:metrics          hash  the fleet's counters and histograms (writejobs/runtime/metrics.py)
+    {ns}:metrics:history  list  per-minute snapshots of a few metrics, newest first, 60 kept
+                                (writejobs/runtime/metrics_history.py; the console's charts)
+    {ns}:metrics:minute:{m} str a claim: minute m's snapshot is taken (expires)
     {ns}:rl:{account}     hash  an account's learned limit, pause and daily pacing (limiter.py)
     {ns}:rl:{account}:w   zset  calls admitted in the account's window, scored by time (epoch s)
     {ns}:rl:{account}:c   zset  the same, for the installation's configured limit
@@ -47,6 +50,13 @@ class Keys:
     @property
     def metrics(self) -> str:
         return f"{self.namespace}:metrics"
+
+    @property
+    def metrics_history(self) -> str:
+        return f"{self.namespace}:metrics:history"
+
+    def metrics_minute(self, minute: int) -> str:
+        return f"{self.namespace}:metrics:minute:{minute}"
 
     @property
     def retry(self) -> str:

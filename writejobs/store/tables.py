@@ -93,6 +93,22 @@ class Operation(Base):
     __table_args__ = (
         Index("ix_operations_installation_created", "installation_id", "created_at", "id"),
         Index("ix_operations_state", "state"),
+        # The console's filters (store/console_queries.py): one keyset range per state.
+        Index(
+            "ix_operations_installation_state_created",
+            "installation_id",
+            "state",
+            "created_at",
+            "id",
+        ),
+        Index(
+            "ix_operations_installation_object_state_created",
+            "installation_id",
+            "object_name",
+            "state",
+            "created_at",
+            "id",
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)

@@ -1,0 +1,1 @@
+"""The operations console (`/console`): server-rendered, read-only pages."""
