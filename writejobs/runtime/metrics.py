@@ -26,6 +26,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -145,6 +146,11 @@ def histogram_fields(name: str, value: float, labels: dict[str, str]) -> list[tu
     ]
 
 
+# Every recorder of this process (an API process may wire more than once), so a scrape
+# can send all of this process's sums first.
+_recorders: weakref.WeakSet[Metrics] = weakref.WeakSet()
+
+
 class Metrics:
     """Adds to the fleet's counters and histograms (a `Recorder`); with no Redis client,
     does nothing."""
@@ -159,6 +165,7 @@ class Metrics:
         # A forked child (a Celery pool process) starts empty, with a lock no parent
         # thread can be holding, and its own flusher: the parent sends its own sums.
         os.register_at_fork(after_in_child=self._forget_parent)
+        _recorders.add(self)
 
     def count(self, name: str, n: int = 1, **labels: str) -> None:
         self._add([(field(name, labels), n)])
@@ -229,7 +236,10 @@ class FleetCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         if self._local is not None:
-            self._local.flush()
+            # Every recorder of this process, not only the API's own: figures recorded
+            # but not yet sent would otherwise arrive in the middle of a reader's two scrapes.
+            for recorder in list(_recorders):
+                recorder.flush()
         raw = self._client.hgetall(self._keys.metrics)
         fields = {_text(k): float(_text(v)) for k, v in raw.items()}
         for name, info in CATALOG.items():
