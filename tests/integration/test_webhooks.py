@@ -338,3 +338,26 @@ def test_a_destination_on_a_private_address_is_never_posted_to(
     with parked.wiring.deps.sessions() as session:
         [attempt] = webhook_outbox.attempts_of(session, delivery.id)
     assert attempt.status_code is None and attempt.response_excerpt.startswith("refused")
+
+
+def test_an_end_that_rolls_back_owes_nothing_and_one_that_commits_owes_one(
+    parked: Parked, receiver: Receiver
+) -> None:
+    from writejobs.core.operations import State
+    from writejobs.store import operations_repo
+
+    dest_id, _ = _destination(parked, receiver.url)
+    op_id = _write(
+        parked,
+        {"type": "create", "mode": "asynchronous", "record": {"email": "rb@example.com"}},
+    )
+    with parked.wiring.deps.sessions() as session:
+        now = utcnow()
+        assert operations_repo.transition(session, op_id, State.FAILED, now=now, commit=False)
+        session.rollback()  # the process died before its commit
+    assert _deliveries(parked, dest_id) == []
+    with parked.wiring.deps.sessions() as session:
+        assert operations_repo.transition(session, op_id, State.FAILED, now=now, commit=False)
+        session.commit()
+    [delivery] = _deliveries(parked, dest_id)
+    assert delivery.operation_id == op_id and as_utc(delivery.created_at) == now

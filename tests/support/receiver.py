@@ -41,6 +41,11 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as a real receiver would allow
+            # Headers and body leave in two writes: without this, Nagle holds the body
+            # for the client's delayed ACK, 40 ms a response.
+            disable_nagle_algorithm = True
+
             def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)

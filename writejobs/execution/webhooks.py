@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import httpx
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from writejobs.clock import Clock, as_utc, iso
@@ -90,88 +91,120 @@ class WebhookDeps:
 
 
 def deliver(delivery_ids: list[int], deps: WebhookDeps) -> dict[str, int]:
-    """Make one attempt at each of these deliveries, in order; count the outcomes."""
-    outcomes: dict[str, int] = {}
-    with deps.sessions() as session:
-        for delivery in webhook_outbox.load(session, delivery_ids):
-            outcome = _deliver_one(session, delivery, deps)
-            if outcome is not None:
-                outcomes[outcome] = outcomes.get(outcome, 0) + 1
-    return outcomes
+    """Make one attempt at each of these deliveries, in order; count the outcomes.
 
-
-def _deliver_one(session: Session, delivery: WebhookDelivery, deps: WebhookDeps) -> str | None:
+    The rows are taken together, POSTed one after another, and settled together,
+    so a chunk costs a handful of statements, not a handful per delivery.
+    """
     now = deps.clock()
-    if delivery.state != "pending" or as_utc(delivery.next_attempt_at) > now:
-        return None
-    destination = session.get(WebhookDestination, delivery.destination_id)
-    if destination is None or not destination.enabled:
-        webhook_outbox.settle(
-            session, delivery.id, delivery.attempts, state="abandoned", status_code=None, now=now
-        )
+    counts: dict[str, int] = {}
+    with deps.sessions() as session:
+        rows = [r for r in webhook_outbox.load(session, delivery_ids) if r.state == "pending"]
+        destinations = webhook_destinations.get_many(session, {r.destination_id for r in rows})
+        off = [r.id for r in rows if not _on(destinations.get(r.destination_id))]
+        webhook_outbox.abandon(session, off)
+        live = [r for r in rows if r.id not in off]
+        # Held while the whole chunk may take, so no other task sends these meanwhile.
+        hold_s = len(live) * deps.settings.webhook_timeout_s + deps.settings.webhook_resend_after_s
+        taken = webhook_outbox.take(session, [r.id for r in live], now=now, hold_s=hold_s)
+        mine = [r for r in live if r.id in taken]
+        missing = [r for r in mine if r.payload is None]
+        made = _payloads(session, missing, deps.settings)
+        webhook_outbox.store_payloads(session, made)
         session.commit()
-        deps.recorder.count("webhook_deliveries", outcome="abandoned")
-        return "abandoned"
-    hold_s = deps.settings.webhook_timeout_s + deps.settings.webhook_resend_after_s
-    if not webhook_outbox.take(session, delivery, now=now, hold_s=hold_s):
-        session.rollback()
-        return None
-    attempt = delivery.attempts + 1
-    payload = delivery.payload
-    if payload is None:
-        payload = _payload(session, delivery.operation_id, deps.settings)
-        webhook_outbox.store_payload(session, delivery.id, payload)
-    session.commit()
-    secret = webhook_destinations.secret_of(destination, deps.cipher)
-    deps.failpoint("webhook.before_send")
-    sent = post(
-        deps.client,
-        destination.url,
-        payload,
-        signed_headers(secret, delivery.event_id, payload, deps.clock()),
-        allowed_http_hosts=deps.settings.allowed_http_hosts,
-    )
-    return _conclude(session, delivery, destination, attempt, sent, deps)
+        if off:
+            counts["abandoned"] = len(off)
+            deps.recorder.count("webhook_deliveries", len(off), outcome="abandoned")
+        sent: list[tuple[WebhookDelivery, Sent, datetime]] = []
+        for row in mine:
+            payload = row.payload or made[row.id]
+            secret = webhook_destinations.secret_of(destinations[row.destination_id], deps.cipher)
+            deps.failpoint("webhook.before_send")
+            result = post(
+                deps.client,
+                destinations[row.destination_id].url,
+                payload,
+                signed_headers(secret, row.event_id, payload, deps.clock()),
+                allowed_http_hosts=deps.settings.allowed_http_hosts,
+            )
+            sent.append((row, result, deps.clock()))
+        for outcome, n in _conclude(session, sent, taken, destinations, deps).items():
+            counts[outcome] = counts.get(outcome, 0) + n
+    return counts
+
+
+def _on(destination: WebhookDestination | None) -> bool:
+    return destination is not None and destination.enabled
 
 
 def _conclude(
     session: Session,
-    delivery: WebhookDelivery,
-    destination: WebhookDestination,
-    attempt: int,
-    sent: Sent,
+    sent: list[tuple[WebhookDelivery, Sent, datetime]],
+    taken: dict[int, int],
+    destinations: dict[str, WebhookDestination],
     deps: WebhookDeps,
-) -> str:
-    now = deps.clock()
-    webhook_outbox.record_attempt(
-        session,
-        delivery.id,
-        at=now,
-        status_code=sent.status_code,
-        latency_ms=sent.latency_ms,
-        excerpt=sent.excerpt,
-    )
-    if sent.delivered:
-        webhook_outbox.settle(
-            session, delivery.id, attempt, state="delivered", status_code=sent.status_code, now=now
+) -> dict[str, int]:
+    """Record the attempts, end or reschedule each row, and bring the destinations'
+    failure runs up to date (disabling those past the threshold); one commit."""
+    outcomes: list[webhook_outbox.Outcome] = []
+    counts: dict[str, int] = {}
+    lags: list[float] = []
+    for row, result, at in sent:
+        attempt = taken[row.id]
+        if result.delivered:
+            state, next_at = "delivered", None
+            lags.append(max((at - as_utc(row.created_at)).total_seconds(), 0.0))
+        else:
+            next_at = next_delivery_at(attempt, as_utc(row.created_at), at, deps.policy, deps.rng)
+            state = "pending" if next_at is not None else "failed"
+            _log_failure(row, attempt, result, next_at)
+        outcome = "retrying" if state == "pending" else state
+        counts[outcome] = counts.get(outcome, 0) + 1
+        outcomes.append(
+            webhook_outbox.Outcome(
+                row.id,
+                attempt,
+                state,
+                at,
+                result.status_code,
+                result.latency_ms,
+                result.excerpt,
+                next_at,
+            )
         )
-        webhook_destinations.note_success(session, destination.id)
-        session.commit()
-        lag_s = max((now - as_utc(delivery.created_at)).total_seconds(), 0.0)
+    webhook_outbox.settle(session, outcomes)
+    for destination_id in {row.destination_id for row, _, _ in sent}:
+        mine = [(result, at) for row, result, at in sent if row.destination_id == destination_id]
+        _update_run(session, destinations[destination_id], mine, deps)
+    session.commit()
+    for outcome, n in counts.items():
+        deps.recorder.count("webhook_deliveries", n, outcome=outcome)
+    for lag_s in lags:
         deps.recorder.observe("webhook_delivery_lag_seconds", lag_s)
-        deps.recorder.count("webhook_deliveries", outcome="delivered")
-        return "delivered"
-    run, since = webhook_destinations.note_failure(session, destination.id, now=now)
-    what = f"HTTP {sent.status_code}" if sent.status_code is not None else "no answer"
-    log.info(
-        "webhook delivery %s (operation %s) attempt %d to destination %s: %s",
-        delivery.id,
-        delivery.operation_id,
-        attempt,
+    return counts
+
+
+def _update_run(
+    session: Session,
+    destination: WebhookDestination,
+    attempts: list[tuple[Sent, datetime]],
+    deps: WebhookDeps,
+) -> None:
+    last_ok = max((i for i, (r, _) in enumerate(attempts) if r.delivered), default=-1)
+    after = attempts[last_ok + 1 :]
+    if last_ok < 0 and not after:
+        return
+    run, since = webhook_destinations.note_run(
+        session,
         destination.id,
-        what,
+        succeeded=last_ok >= 0,
+        failures=len(after),
+        first_failure_at=after[0][1] if after else None,
     )
+    if not after or since is None:
+        return
     settings = deps.settings
+    now = after[-1][1]
     if should_disable(
         run,
         as_utc(since),
@@ -179,39 +212,46 @@ def _conclude(
         disable_after_s=settings.webhook_disable_after_s,
         disable_after_failures=settings.webhook_disable_after_failures,
     ):
+        last = after[-1][0]
+        what = f"HTTP {last.status_code}" if last.status_code is not None else "no answer"
         reason = f"{run} failed attempts in a row since {iso(as_utc(since))} (last: {what})"
         if webhook_destinations.disable(session, destination.id, reason, now=now):
             log.warning("webhook destination %s disabled: %s", destination.id, reason)
-        session.commit()
-        deps.recorder.count("webhook_deliveries", outcome="abandoned")
-        return "abandoned"
-    at = next_delivery_at(attempt, as_utc(delivery.created_at), now, deps.policy, deps.rng)
-    state = "pending" if at is not None else "failed"
-    webhook_outbox.settle(
-        session,
-        delivery.id,
-        attempt,
-        state=state,
-        status_code=sent.status_code,
-        now=now,
-        next_attempt_at=at,
-    )
-    session.commit()
-    outcome = "retrying" if at is not None else "failed"
-    if at is None:
+
+
+def _log_failure(
+    row: WebhookDelivery, attempt: int, result: Sent, next_at: datetime | None
+) -> None:
+    what = f"HTTP {result.status_code}" if result.status_code is not None else "no answer"
+    if next_at is None:
         log.warning(
-            "webhook delivery %s (operation %s): no 2xx within the retry window, %d attempts",
-            delivery.id,
-            delivery.operation_id,
+            "webhook delivery %s (operation %s): %s at attempt %d, the retry window is over",
+            row.id,
+            row.operation_id,
+            what,
             attempt,
         )
-    deps.recorder.count("webhook_deliveries", outcome=outcome)
-    return outcome
+    else:
+        log.info(
+            "webhook delivery %s (operation %s): %s at attempt %d, again at %s",
+            row.id,
+            row.operation_id,
+            what,
+            attempt,
+            iso(next_at),
+        )
 
 
-def _payload(session: Session, operation_id: str, settings: Settings) -> str:
-    op = session.get(Operation, operation_id)
-    assert op is not None, f"delivery of unknown operation {operation_id}"
+def _payloads(session: Session, rows: list[WebhookDelivery], settings: Settings) -> dict[int, str]:
+    """The bodies of rows first attempted now, from their (ended, unchanging) operations."""
+    if not rows:
+        return {}
+    ids = {r.operation_id for r in rows}
+    ops = {op.id: op for op in session.scalars(select(Operation).where(Operation.id.in_(ids)))}
+    return {r.id: _payload(session, ops[r.operation_id], settings) for r in rows}
+
+
+def _payload(session: Session, op: Operation, settings: Settings) -> str:
     installation = session.get(Installation, op.installation_id)
     integration = session.get(Integration, op.integration_id)
     assert installation is not None and integration is not None

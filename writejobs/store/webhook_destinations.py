@@ -86,28 +86,40 @@ def enable(session: Session, destination_id: str) -> None:
     )
 
 
-def note_success(session: Session, destination_id: str) -> None:
-    session.execute(
-        update(WebhookDestination)
-        .where(WebhookDestination.id == destination_id, WebhookDestination.consecutive_failures > 0)
-        .values(consecutive_failures=0, first_failure_at=None)
-    )
+def get_many(session: Session, destination_ids: set[str]) -> dict[str, WebhookDestination]:
+    statement = select(WebhookDestination).where(WebhookDestination.id.in_(destination_ids))
+    return {d.id: d for d in session.scalars(statement)}
 
 
-def note_failure(session: Session, destination_id: str, *, now: datetime) -> tuple[int, datetime]:
-    """Count a failed attempt; return the run's length and when it began."""
+def note_run(
+    session: Session,
+    destination_id: str,
+    *,
+    succeeded: bool,
+    failures: int,
+    first_failure_at: datetime | None,
+) -> tuple[int, datetime | None]:
+    """Bring a destination's failure run up to date after some attempts; return its
+    length and start. `succeeded`: one of them was a 2xx, and `failures` (from
+    `first_failure_at` on) came after the last one; otherwise they lengthen the run."""
+    column = WebhookDestination.consecutive_failures
+    began = WebhookDestination.first_failure_at
+    values: dict[str, object]
+    if succeeded:
+        values = {"consecutive_failures": failures, "first_failure_at": first_failure_at}
+    else:
+        values = {
+            "consecutive_failures": column + failures,
+            "first_failure_at": func.coalesce(began, first_failure_at),
+        }
     statement = (
         update(WebhookDestination)
         .where(WebhookDestination.id == destination_id)
-        .values(
-            consecutive_failures=WebhookDestination.consecutive_failures + 1,
-            first_failure_at=func.coalesce(WebhookDestination.first_failure_at, now),
-        )
-        .returning(WebhookDestination.consecutive_failures, WebhookDestination.first_failure_at)
+        .values(**values)
+        .returning(column, began)
     )
     row = session.execute(statement).one()
-    began: datetime = row[1] if row[1] is not None else now
-    return int(row[0]), began
+    return int(row[0]), row[1]
 
 
 def disable(session: Session, destination_id: str, reason: str, *, now: datetime) -> bool:
@@ -123,7 +135,7 @@ def disable(session: Session, destination_id: str, reason: str, *, now: datetime
     session.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.destination_id == destination_id, WebhookDelivery.state == "pending")
-        .values(state="abandoned", claimed_until=None)
+        .values(state="abandoned", claimed_until=None, taken_until=None)
     )
     return True
 

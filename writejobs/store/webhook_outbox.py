@@ -1,14 +1,15 @@
 """The webhook outbox: what is owed to whom, claimed, taken, settled and replayed.
 
-`enqueue_for` runs inside the transaction that moves operations to a terminal
-state (`operations_repo.transition`), so the rows exist exactly when the write
-ended: a crash before the commit leaves neither, one after it leaves both, and
-the scheduler's sweep finds the rows however long the delivery workers were
-away. Synchronous writes are answered in their request and notify nobody.
+`enqueue_for` is called where operations move to a terminal state
+(`operations_repo.transition`), and its rows are written in that transaction,
+just before it commits, so they exist exactly when the write ended: a crash
+before the commit leaves neither, one after it leaves both, and the scheduler's
+sweep finds the rows however long the delivery workers were away. Synchronous
+writes are answered in their request and notify nobody.
 
 A row is sent by a claim (`claim_due`, the sweep: `claimed_until` keeps other
-sweeps off while its task travels) and a take (`take`, the task: a
-compare-and-set on `attempts`, so a task delivered twice sends once).
+sweeps off while its task travels) and a take (`take`, the task: `taken_until`
+keeps a second delivery of the same task, or another task, off while it posts).
 Nothing here commits: the caller owns the transaction.
 """
 
@@ -17,13 +18,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, insert, literal, or_, select, update
+from sqlalchemy import Table, and_, bindparam, event, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from writejobs.store.tables import Operation
 from writejobs.store.webhook_tables import WebhookAttempt, WebhookDelivery, WebhookDestination
 
 EVENT_PREFIX = "msg_"
+_NO_SYNC = {"synchronize_session": False}
+_DELIVERIES: Table = WebhookDelivery.__table__  # type: ignore[assignment]
 EXCERPT_BYTES = 1024
 
 
@@ -35,11 +38,34 @@ def event_id(operation_id: str) -> str:
 def enqueue_for(session: Session, operation_ids: list[str], *, now: datetime) -> None:
     """Owe every enabled destination of their projects a notification of these operations.
 
-    Call right after they moved to a terminal state, in the same transaction. One
-    INSERT … SELECT: operations with no destination cost one indexed read.
+    Call right after they moved to a terminal state, in the same session. The rows
+    are written just before that transaction commits (one INSERT … SELECT for all
+    the operations it ended, however many members a batch settles), and forgotten
+    if it rolls back.
     """
-    if not operation_ids:
-        return
+    session.info.setdefault(_ENDED, []).extend((op_id, now) for op_id in operation_ids)
+
+
+_ENDED = "writejobs.webhooks.ended"
+
+
+@event.listens_for(Session, "before_commit")
+def _write_owed(session: Session) -> None:
+    ended: list[tuple[str, datetime]] = session.info.pop(_ENDED, [])
+    by_time: dict[datetime, list[str]] = {}
+    for op_id, at in ended:
+        by_time.setdefault(at, []).append(op_id)
+    for at, ids in by_time.items():
+        _insert_owed(session, ids, at)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_owed(session: Session) -> None:
+    session.info.pop(_ENDED, None)
+
+
+def _insert_owed(session: Session, operation_ids: list[str], now: datetime) -> None:
+    """One INSERT … SELECT: operations with no destination cost one indexed read."""
     matches = (
         select(
             WebhookDestination.id,
@@ -53,6 +79,7 @@ def enqueue_for(session: Session, operation_ids: list[str], *, now: datetime) ->
         .join(WebhookDestination, WebhookDestination.project_id == Operation.project_id)
         .where(
             Operation.id.in_(operation_ids),
+            # A synchronous write was answered in its request.
             Operation.mode != "synchronous",
             WebhookDestination.enabled.is_(True),
             or_(
@@ -81,13 +108,13 @@ class Claimed:
 
 def claim_due(session: Session, *, now: datetime, hold_s: float, limit: int) -> list[Claimed]:
     """Claim pending rows whose time has come and that no task holds, oldest first."""
+    free = and_(
+        or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now),
+        or_(WebhookDelivery.taken_until.is_(None), WebhookDelivery.taken_until < now),
+    )
     due = (
         select(WebhookDelivery.id)
-        .where(
-            WebhookDelivery.state == "pending",
-            WebhookDelivery.next_attempt_at <= now,
-            or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now),
-        )
+        .where(WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= now, free)
         .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
         .limit(limit)
     )
@@ -96,83 +123,123 @@ def claim_due(session: Session, *, now: datetime, hold_s: float, limit: int) -> 
         return []
     statement = (
         update(WebhookDelivery)
-        .where(
-            WebhookDelivery.id.in_(ids),
-            WebhookDelivery.state == "pending",
-            or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now),
-        )
+        .where(WebhookDelivery.id.in_(ids), WebhookDelivery.state == "pending", free)
         .values(claimed_until=now + timedelta(seconds=hold_s))
         .returning(WebhookDelivery.id, WebhookDelivery.destination_id)
     )
-    rows = session.execute(statement, execution_options={"synchronize_session": False})
+    rows = session.execute(statement, execution_options=_NO_SYNC)
     return sorted((Claimed(int(i), str(d)) for i, d in rows), key=lambda c: c.delivery_id)
 
 
-def take(session: Session, delivery: WebhookDelivery, *, now: datetime, hold_s: float) -> bool:
-    """Start attempt `attempts + 1` of a pending, due delivery; False if another task did."""
+def take(
+    session: Session, delivery_ids: list[int], *, now: datetime, hold_s: float
+) -> dict[int, int]:
+    """Start the next attempt of those rows that are pending, due and held by no other
+    task, for `hold_s`; return {delivery id: its attempt number} of those taken."""
+    if not delivery_ids:
+        return {}
     statement = (
         update(WebhookDelivery)
         .where(
-            WebhookDelivery.id == delivery.id,
+            WebhookDelivery.id.in_(delivery_ids),
             WebhookDelivery.state == "pending",
-            WebhookDelivery.attempts == delivery.attempts,
             WebhookDelivery.next_attempt_at <= now,
+            or_(WebhookDelivery.taken_until.is_(None), WebhookDelivery.taken_until < now),
         )
-        .values(attempts=delivery.attempts + 1, claimed_until=now + timedelta(seconds=hold_s))
-        .returning(WebhookDelivery.attempts)
+        .values(
+            attempts=WebhookDelivery.attempts + 1,
+            taken_until=now + timedelta(seconds=hold_s),
+        )
+        .returning(WebhookDelivery.id, WebhookDelivery.attempts)
     )
-    taken = session.execute(statement, execution_options={"synchronize_session": False}).first()
-    return taken is not None
+    rows = session.execute(statement, execution_options=_NO_SYNC)
+    return {int(i): int(n) for i, n in rows}
 
 
-def record_attempt(
-    session: Session,
-    delivery_id: int,
-    *,
-    at: datetime,
-    status_code: int | None,
-    latency_ms: int,
-    excerpt: str,
-) -> None:
-    row = {
-        "delivery_id": delivery_id,
-        "at": at,
-        "status_code": status_code,
-        "latency_ms": latency_ms,
-        "response_excerpt": excerpt[:EXCERPT_BYTES],
-    }
-    session.execute(insert(WebhookAttempt), [row])
+def abandon(session: Session, delivery_ids: list[int]) -> None:
+    """Give up pending rows (their destination is off or gone)."""
+    if delivery_ids:
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id.in_(delivery_ids), WebhookDelivery.state == "pending")
+            .values(state="abandoned", claimed_until=None, taken_until=None),
+            execution_options=_NO_SYNC,
+        )
 
 
-def settle(
-    session: Session,
-    delivery_id: int,
-    attempt: int,
-    *,
-    state: str,
-    status_code: int | None,
-    now: datetime,
-    next_attempt_at: datetime | None = None,
-) -> None:
-    """End attempt `attempt`: delivered, failed, or pending again at `next_attempt_at`."""
-    values: dict[str, object] = {"state": state, "claimed_until": None, "last_status": status_code}
-    if state == "delivered":
-        values["delivered_at"] = now
-    if next_attempt_at is not None:
-        values["next_attempt_at"] = next_attempt_at
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How attempt `attempt` of a delivery ended: `state` delivered, pending (again at
+    `next_attempt_at`) or failed."""
+
+    delivery_id: int
+    attempt: int
+    state: str
+    at: datetime
+    status_code: int | None
+    latency_ms: int
+    excerpt: str
+    next_attempt_at: datetime | None = None
+
+
+_SETTLE = (
+    update(_DELIVERIES)
+    .where(
+        _DELIVERIES.c.id == bindparam("b_id"),
+        _DELIVERIES.c.attempts == bindparam("b_attempt"),
+    )
+    .values(
+        state=bindparam("b_state"),
+        last_status=bindparam("b_status"),
+        delivered_at=bindparam("b_delivered_at"),
+        next_attempt_at=bindparam("b_next_attempt_at"),
+        claimed_until=None,
+        taken_until=None,
+    )
+)
+
+
+def settle(session: Session, outcomes: list[Outcome]) -> None:
+    """Record each attempt and end it; a row another task took since is left alone."""
+    if not outcomes:
+        return
     session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.attempts == attempt)
-        .values(**values),
-        execution_options={"synchronize_session": False},
+        insert(WebhookAttempt),
+        [
+            {
+                "delivery_id": o.delivery_id,
+                "at": o.at,
+                "status_code": o.status_code,
+                "latency_ms": o.latency_ms,
+                "response_excerpt": o.excerpt[:EXCERPT_BYTES],
+            }
+            for o in outcomes
+        ],
     )
-
-
-def store_payload(session: Session, delivery_id: int, payload: str) -> None:
     session.execute(
-        update(WebhookDelivery).where(WebhookDelivery.id == delivery_id).values(payload=payload),
-        execution_options={"synchronize_session": False},
+        _SETTLE,
+        [
+            {
+                "b_id": o.delivery_id,
+                "b_attempt": o.attempt,
+                "b_state": o.state,
+                "b_status": o.status_code,
+                "b_delivered_at": o.at if o.state == "delivered" else None,
+                "b_next_attempt_at": o.next_attempt_at or o.at,
+            }
+            for o in outcomes
+        ],
     )
+
+
+def store_payloads(session: Session, payloads: dict[int, str]) -> None:
+    if payloads:
+        statement = (
+            update(_DELIVERIES)
+            .where(_DELIVERIES.c.id == bindparam("b_id"))
+            .values(payload=bindparam("b_payload"))
+        )
+        session.execute(statement, [{"b_id": i, "b_payload": p} for i, p in payloads.items()])
 
 
 def load(session: Session, delivery_ids: list[int]) -> list[WebhookDelivery]:

@@ -60,8 +60,10 @@ class WebhookDelivery(Base):
     state: Mapped[str] = mapped_column(String(20), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime]
-    # Set while a task is on its way or at work: the sweep leaves the row alone till then.
+    # Set by the sweep while the row's task is on its way, and by the task while it
+    # posts (`taken_until`): no other sweep or task sends the row till then.
     claimed_until: Mapped[datetime | None] = mapped_column(default=None)
+    taken_until: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime]
     delivered_at: Mapped[datetime | None] = mapped_column(default=None)
     last_status: Mapped[int | None] = mapped_column(Integer, default=None)
