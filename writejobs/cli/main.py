@@ -239,6 +239,9 @@ def webhooks() -> None:
         f"writejobs-webhooks-{os.getpid()}@%h",
         "--pool",
         "prefork",
+        # As `writejobs worker`: no gossip or mingle, so it outlives a broker restart.
+        "--without-gossip",
+        "--without-mingle",
     )
 
 
