@@ -361,3 +361,33 @@ def test_an_end_that_rolls_back_owes_nothing_and_one_that_commits_owes_one(
         session.commit()
     [delivery] = _deliveries(parked, dest_id)
     assert delivery.operation_id == op_id and as_utc(delivery.created_at) == now
+
+
+def test_deliveries_are_counted_by_outcome_with_their_lag_and_disabled_destinations_gauged(
+    parked: Parked, receiver: Receiver
+) -> None:
+    from dataclasses import replace
+
+    from tests.integration.test_metrics import scrape, value
+
+    dest_id, _ = _destination(parked, receiver.url)
+    _async(parked, "metrics@example.com")
+    before = scrape(parked.tenant.api_url)
+    deps = replace(_deps(parked, Clock()), recorder=parked.wiring.metrics)
+    receiver.status = 500
+    assert _deliver_all(parked, dest_id, deps) == {"retrying": 1}
+    receiver.status = 200
+    deps = replace(deps, clock=Clock(offset_s=10))
+    assert _deliver_all(parked, dest_id, deps) == {"delivered": 1}
+    with parked.wiring.deps.sessions() as session:
+        webhook_destinations.disable(session, dest_id, "test", now=utcnow())
+        session.commit()
+    parked.wiring.metrics.flush()
+    after = scrape(parked.tenant.api_url)
+    name = "writejobs_webhook_deliveries_total"
+    for outcome in ("retrying", "delivered"):
+        assert value(after, name, outcome=outcome) - value(before, name, outcome=outcome) == 1
+    lag = "writejobs_webhook_delivery_lag_seconds_count"
+    assert value(after, lag) - value(before, lag) == 1
+    disabled = "writejobs_webhook_destinations_disabled"
+    assert value(after, disabled) - value(before, disabled) == 1
