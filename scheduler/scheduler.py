@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from writejobs.execution.webhooks import dispatch_due
 from writejobs.grouping.autobatch import TickReport
 from writejobs.grouping.recovery import expire_overdue, requeue_stalled
 from writejobs.intake.idempotency import purge_expired
@@ -26,6 +27,7 @@ class SchedulerReport:
     keys_purged: int = 0
     # This scheduler took the minute's snapshot for the console's charts.
     history_recorded: bool = False
+    webhooks_sent: list[int] = field(default_factory=list)
 
 
 class Scheduler:
@@ -41,6 +43,13 @@ class Scheduler:
         batcher = self.wiring.batcher
         report = SchedulerReport(batches=batcher.flush_due(now))
         report.retries_released = self.wiring.retries.release_due(now)
+        # Every pass: a notification is owed from the commit that ended its write.
+        report.webhooks_sent = dispatch_due(
+            self.wiring.deps.sessions,
+            self.wiring.send_webhooks,
+            now=now,
+            hold_s=self.settings.webhook_resend_after_s,
+        )
         if now.timestamp() - self._last_sweep_s >= SWEEP_EVERY_S:
             self._last_sweep_s = now.timestamp()
             report.batches.resent = batcher.resend_unsent(now)

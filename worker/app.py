@@ -21,6 +21,7 @@ from celery import Celery
 from writejobs import task_names
 from writejobs.execution.batch import run_batch
 from writejobs.execution.run import run_operation
+from writejobs.execution.webhooks import deliver
 from writejobs.runtime.celery_config import celery_config
 from writejobs.runtime.log_config import configure_logging
 from writejobs.runtime.wiring import Wiring, wire
@@ -67,6 +68,15 @@ def create_celery(settings: Settings) -> Celery:
     def write_batch(batch_id: str) -> dict[str, int]:
         """Write one flushed auto-batch; each member operation gets its own result."""
         return run_batch(batch_id, wiring().deps, on_start=note_batch_start)
+
+    @app.task(name=task_names.DELIVER_WEBHOOK)  # type: ignore[untyped-decorator]
+    def deliver_webhook(delivery_ids: list[int]) -> dict[str, int]:
+        """POST these `write.async.done` deliveries (ids only), one attempt each.
+
+        Sent to the webhooks queue (`writejobs webhooks` reads it), never run
+        inside a write task, so a slow receiver never holds up a write.
+        """
+        return deliver(delivery_ids, wiring().webhooks)
 
     return app
 

@@ -68,6 +68,26 @@ class Settings(BaseSettings):
     # is `<data_dir>/secret.key`, made on first use (see writejobs/secrets.py).
     secret_key: str | None = Field(default=None, repr=False)
     log_level: str = "INFO"
+    # Webhooks (writejobs/execution/webhooks.py): the queue their deliveries go to
+    # (unset: `<celery_queue>-webhooks`) and the processes of `writejobs webhooks`.
+    webhook_queue: str | None = None
+    webhook_concurrency: int = Field(default=2, ge=1)
+    # One delivery's HTTP timeout; a 2xx within it is delivered, anything else is retried.
+    webhook_timeout_s: float = Field(default=15.0, gt=0)
+    # Retries: exponential backoff with jitter from `webhook_retry_base_s`, each wait at
+    # most `webhook_retry_max_delay_s`, until `webhook_retry_window_s` after the event.
+    webhook_retry_base_s: float = Field(default=5.0, gt=0)
+    webhook_retry_max_delay_s: float = Field(default=3600.0, gt=0)
+    webhook_retry_window_s: float = Field(default=86400.0, gt=0)
+    # A destination failing without a success for this long, or (when not 0) this many
+    # attempts in a row, is disabled.
+    webhook_disable_after_s: float = Field(default=5 * 86400.0, gt=0)
+    webhook_disable_after_failures: int = Field(default=0, ge=0)
+    # A delivery whose task has not reported back this long after it was sent is sent again.
+    webhook_resend_after_s: float = Field(default=60.0, gt=0)
+    # The API's address as receivers reach it: the link to an operation in a payload cut
+    # to the size cap. Unset: http://<api_host>:<api_port>.
+    public_api_url: str | None = None
 
     # The operations console (`/console`, api_shim/console/). Operators, `user:password`
     # comma-separated, log in and see every project (a project's API key logs in too,
@@ -94,6 +114,15 @@ class Settings(BaseSettings):
         """`fetch_allowed_http_hosts` as a set of lower-case host names."""
         hosts = (h.strip().lower() for h in self.fetch_allowed_http_hosts.split(","))
         return frozenset(h for h in hosts if h)
+
+    @property
+    def effective_webhook_queue(self) -> str:
+        """The webhook deliveries' queue: set, or the write queue's name plus `-webhooks`."""
+        return self.webhook_queue or f"{self.celery_queue}-webhooks"
+
+    @property
+    def effective_public_api_url(self) -> str:
+        return (self.public_api_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
 
     @property
     def embedded_redis_socket(self) -> Path:

@@ -2,3 +2,4 @@
 
 WRITE_OPERATION = "writejobs.write_operation"
 WRITE_BATCH = "writejobs.write_batch"
+DELIVER_WEBHOOK = "writejobs.deliver_webhook"

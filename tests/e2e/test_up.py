@@ -47,12 +47,16 @@ DEMO_KEYS = {
 POLICY_TIME_SCALE = "0.1"
 START_TIMEOUT_S = 50.0
 STOP_TIMEOUT_S = 60.0
+# The two Celery workers `up` starts, told apart by the queue each reads.
+WRITE_WORKER = "--queues writejobs --hostname"
+WEBHOOKS_WORKER = "--queues writejobs-webhooks --hostname"
 # The pieces `up` starts, each recognisable in its command line.
 PIECES = (
     "redis-server",
     "writejobs sandbox",
     "writejobs api",
-    "worker.app worker",
+    WRITE_WORKER,
+    WEBHOOKS_WORKER,
     "writejobs scheduler",
     "worker.app flower",
 )
@@ -344,7 +348,7 @@ def test_up_starts_a_killed_worker_again_and_a_write_then_completes(tmp_path: Pa
     with running_up(workdir, demo=False) as run:
         run.wait_for(RUNNING_LINE, timeout_s=START_TIMEOUT_S)
         details = json.loads((workdir / ".writejobs" / "demo.json").read_text())
-        worker = _piece(run, "worker.app worker")
+        worker = _piece(run, WRITE_WORKER)
         pool = worker.children()
 
         # when the worker's main process is SIGKILLed (as the OOM killer would)
@@ -354,7 +358,7 @@ def test_up_starts_a_killed_worker_again_and_a_write_then_completes(tmp_path: Pa
         run.wait_for("worker restarted", timeout_s=60)
         assert "worker exited (code -9)" in run.output(), run.diagnostics()
         assert [_describe(p) for p in pool if _alive(p)] == []
-        assert _piece(run, "worker.app worker").pid != worker.pid
+        assert _piece(run, WRITE_WORKER).pid != worker.pid
         # and the other pieces kept running
         assert "api exited" not in run.output() and "scheduler exited" not in run.output()
         # and a write sent now completes on the new worker
@@ -372,7 +376,7 @@ def test_up_starts_a_killed_embedded_redis_again_and_writes_then_complete(tmp_pa
     with running_up(workdir, demo=False) as run:
         run.wait_for(RUNNING_LINE, timeout_s=START_TIMEOUT_S)
         details = json.loads((workdir / ".writejobs" / "demo.json").read_text())
-        worker = _piece(run, "worker.app worker")
+        worker = _piece(run, WRITE_WORKER)
 
         # when the embedded Redis is SIGKILLed
         _piece(run, "redis-server").kill()

@@ -50,6 +50,20 @@ def assert_platform_schema(instance: Any, schema_name: str) -> None:
     _validate(instance, schema)
 
 
+@cache
+def notifications_spec() -> dict[str, Any]:
+    import yaml
+
+    return dict(yaml.safe_load((SPEC_DIR / "notifications.yaml").read_text()))
+
+
+def assert_notification_schema(instance: Any, schema_name: str) -> None:
+    """Validate against `#/components/schemas/<name>` of the notification payloads."""
+    spec = notifications_spec()
+    schema = {"$ref": f"#/components/schemas/{schema_name}", "components": spec["components"]}
+    _validate(instance, schema)
+
+
 def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/problem+json")

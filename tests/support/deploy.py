@@ -29,13 +29,7 @@ DASHBOARD = DEPLOY / "grafana" / "writejobs-dashboard.json"
 OPERATIONS = REPO_ROOT / "docs" / "operations.md"
 
 # Names the files use that another branch adds: name -> why it is pending.
-PENDING: dict[str, str] = {
-    "webhooks": "the `writejobs webhooks` subcommand (webhook delivery) is not on main yet",
-    "writejobs_webhook_destinations_disabled": "webhook metrics are not on main yet",
-    "writejobs_webhook_deliveries_pending": "webhook metrics are not on main yet",
-    "writejobs_webhook_deliveries": "webhook metrics are not on main yet",
-    "writejobs_webhook_delivery_lag_seconds": "webhook metrics are not on main yet",
-}
+PENDING: dict[str, str] = {}
 
 # Compose services that are not writejobs roles: the data stores, and the sandbox
 # provider (development only; a deployment writes to the real providers).

@@ -246,3 +246,14 @@ def create_tenant(
             )
     finally:
         engine.dispose()
+
+
+@contextmanager
+def running_webhooks(settings: Settings, name: str = "webhooks") -> Iterator[ChildProcess]:
+    """`writejobs webhooks`: a Celery worker for the webhook deliveries' queue only."""
+    child = start_child(name, ["webhooks"], settings)
+    try:
+        child.wait_for("ready.", timeout_s=60)
+        yield child
+    finally:
+        child.stop()

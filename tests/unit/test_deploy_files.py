@@ -262,11 +262,8 @@ def test_a_worker_is_given_longer_to_stop_than_its_longest_task() -> None:
     assert int(grace.removesuffix("s")) == pod["terminationGracePeriodSeconds"]
 
 
-@pytest.mark.xfail(
-    "webhook_timeout_s" not in Settings.model_fields, strict=True, reason=PENDING["webhooks"]
-)
 def test_a_webhooks_worker_is_given_longer_to_stop_than_a_delivery() -> None:
-    timeout_s = configured().webhook_timeout_s  # type: ignore[attr-defined]
+    timeout_s = configured().webhook_timeout_s
     pod = deployment("webhooks")["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] > timeout_s
 
@@ -347,7 +344,7 @@ def scaled_objects() -> dict[str, dict[str, Any]]:
 def expected_list(component: str, settings: Settings) -> str:
     if component == "worker":
         return settings.celery_queue
-    return str(settings.effective_webhook_queue)  # type: ignore[attr-defined]
+    return settings.effective_webhook_queue
 
 
 @pytest.mark.parametrize("component", ["worker", pending("webhooks")])

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from writejobs.cli import pieces
+from writejobs.cli import pieces, webhook_admin
 from writejobs.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -29,7 +29,8 @@ app = typer.Typer(
     add_completion=False,
 )
 admin = typer.Typer(
-    help="Create projects, API keys, integrations and installations.", no_args_is_help=True
+    help="Create projects, API keys, integrations, installations and webhook destinations.",
+    no_args_is_help=True,
 )
 app.add_typer(admin, name="admin")
 
@@ -105,6 +106,7 @@ def up(
         supervisor.start("api", python_module("writejobs", "api"))
         supervisor.start("worker", python_module("writejobs", "worker"))
         supervisor.start("scheduler", python_module("writejobs", "scheduler"))
+        supervisor.start("webhooks", python_module("writejobs", "webhooks"))
         supervisor.start("flower", python_module("writejobs", "flower"))
         ready = _wait_ready(
             {
@@ -216,6 +218,28 @@ def worker() -> None:
         # broker restart, closing gossip's channel on an already closed connection
         # crashed the worker for good (kombu#582: `'NoneType' object has no attribute
         # 'hostname'`), and mingle's broadcast can hang a reconnect (celery#8030).
+        "--without-gossip",
+        "--without-mingle",
+    )
+
+
+@app.command()
+def webhooks() -> None:
+    """Run a Celery worker for the webhook deliveries' queue only (WRITEJOBS_WEBHOOK_QUEUE)."""
+    settings = load_settings()
+    pieces.exec_celery(
+        "worker",
+        "--loglevel",
+        settings.log_level,
+        "--concurrency",
+        str(settings.webhook_concurrency),
+        "--queues",
+        settings.effective_webhook_queue,
+        "--hostname",
+        f"writejobs-webhooks-{os.getpid()}@%h",
+        "--pool",
+        "prefork",
+        # As `writejobs worker`: no gossip or mingle, so it outlives a broker restart.
         "--without-gossip",
         "--without-mingle",
     )
@@ -530,6 +554,8 @@ def _project(session: Session, id_or_name: str) -> Project:
         raise typer.BadParameter(f"project {id_or_name!r} not found")
     return found
 
+
+webhook_admin.register(admin, _sessions, _project, console)
 
 if __name__ == "__main__":
     main()

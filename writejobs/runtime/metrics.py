@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from writejobs.core.operations import State
 from writejobs.grouping.keys import Keys
+from writejobs.store import webhook_destinations, webhook_outbox
 from writejobs.store.tables import Operation
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,17 @@ CATALOG: dict[str, MetricInfo] = {
         "From an auto-batch's claim (its 100th record, or its due time) to its write starting.",
         (),
         (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    ),
+    "webhook_deliveries": MetricInfo(
+        "counter",
+        "Webhook delivery attempts, by outcome (delivered, retrying, failed, abandoned).",
+        ("outcome",),
+    ),
+    "webhook_delivery_lag_seconds": MetricInfo(
+        "histogram",
+        "From an operation's end (or a replay) to its notification's 2xx.",
+        (),
+        (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0),
     ),
 }
 
@@ -294,6 +306,19 @@ class FleetCollector(Collector):
         for state, n in counts.items():
             states.add_metric([state], float(n))
         yield states
+        with self._sessions() as session:
+            disabled = webhook_destinations.count_disabled(session)
+            pending = webhook_outbox.count_pending(session)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_webhook_destinations_disabled",
+            "Webhook destinations switched off after failing too long.",
+            value=float(disabled),
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_webhook_deliveries_pending",
+            "Webhook deliveries not yet delivered, failed or abandoned.",
+            value=float(pending),
+        )
 
 
 def celery_queue_lists(queue: str) -> list[str]:

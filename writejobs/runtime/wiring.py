@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+import httpx
 import redis
 from celery import Celery
 
 from writejobs import task_names
 from writejobs.clock import Clock, utcnow
 from writejobs.execution.deps import ExecutionDeps
+from writejobs.execution.webhooks import WebhookDeps
 from writejobs.failpoints import Failpoints
 from writejobs.grouping.autobatch import AutoBatcher
 from writejobs.grouping.keys import Keys
@@ -27,6 +30,7 @@ from writejobs.store import operations_repo
 from writejobs.store.credentials import StoredCredentials
 from writejobs.store.db import create_session_factory, create_store_engine
 from writejobs.store.group_commit import GroupCommitter
+from writejobs.store.secrets import cipher_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,9 @@ class Wiring:
     dispatch: Dispatch
     retries: RetryQueue
     metrics: Metrics
+    webhooks: WebhookDeps
+    # send_webhooks(delivery_ids): one task on the webhooks queue.
+    send_webhooks: Callable[[list[int]], None]
 
 
 def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
@@ -51,6 +58,11 @@ def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
 
     def send_batch(batch_id: str) -> None:
         sender.send_task(task_names.WRITE_BATCH, args=[batch_id])
+
+    def send_webhooks(delivery_ids: list[int]) -> None:
+        sender.send_task(
+            task_names.DELIVER_WEBHOOK, args=[delivery_ids], queue=settings.effective_webhook_queue
+        )
 
     retries = RetryQueue(client, keys, send_operation, send_batch)
     metrics = Metrics(client, keys)
@@ -87,7 +99,19 @@ def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
     directory = TenantDirectory(deps.sessions)
     committer = GroupCommitter(deps.sessions)
     dispatch = Dispatch(send_operation, batcher.buffer, directory, committer.commit)
-    return Wiring(deps, client, sender, batcher, dispatch, retries, metrics)
+    webhooks = WebhookDeps(
+        settings=settings,
+        sessions=deps.sessions,
+        # No proxy from the environment: it would resolve names past the SSRF guard.
+        client=httpx.Client(timeout=settings.webhook_timeout_s, trust_env=False),
+        cipher=cipher_for(settings),
+        clock=clock,
+        recorder=metrics,
+        failpoint=failpoint,
+    )
+    return Wiring(
+        deps, client, sender, batcher, dispatch, retries, metrics, webhooks, send_webhooks
+    )
 
 
 # One per store URL and secret key for the life of the process, so every wiring (the

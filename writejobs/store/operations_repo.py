@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from writejobs.clock import as_utc, iso
 from writejobs.core.operations import ALLOWED_FROM, TERMINAL, State
 from writejobs.core.recorder import Recorder
+from writejobs.store import webhook_outbox
 from writejobs.store.tables import Operation, OperationLog, OperationPayload
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,8 @@ def transition(
     moved: bool = session.execute(statement, execution_options=_NO_SYNC).rowcount == 1  # type: ignore[attr-defined]
     if moved and to in TERMINAL:
         _note_finished(session, to)
+        # In the transaction that ends the operation: notified exactly when it ended.
+        webhook_outbox.enqueue_for(session, [operation_id], now=now)
     if commit:
         session.commit()
     if not moved:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+from writejobs.store import webhook_tables  # noqa: F401  (its tables join Base.metadata)
 from writejobs.store.tables import Base
 
 target_metadata = Base.metadata
