@@ -32,7 +32,7 @@ import redis
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench_support import bench_redis  # noqa: E402
+from bench_support import bench_redis, drop_schema, own_schema  # noqa: E402
 
 from tests.support.system import create_tenant, running_api  # noqa: E402
 from writejobs.settings import Settings  # noqa: E402
@@ -98,7 +98,7 @@ def bench_intake(seconds: float, clients: int, data_dir: Path, redis_url: str) -
     database_url = os.environ.get("WRITEJOBS_DATABASE_URL")
     schema = f"wjbench_{run_id}"
     if database_url:
-        database_url = _own_schema(database_url, schema)
+        database_url = own_schema(database_url, schema)
     settings = Settings(
         data_dir=data_dir,
         redis_url=redis_url,
@@ -138,24 +138,7 @@ def bench_intake(seconds: float, clients: int, data_dir: Path, redis_url: str) -
             client.delete(key)
         client.close()
         if database_url:
-            _drop_schema(os.environ["WRITEJOBS_DATABASE_URL"], schema)
-
-
-def _own_schema(url: str, schema: str) -> str:
-    """A fresh schema for this run, and the URL whose connections use it."""
-    import psycopg
-
-    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as connection:
-        connection.execute(f'CREATE SCHEMA "{schema}"')
-    separator = "&" if "?" in url else "?"
-    return f"{url}{separator}options=-csearch_path%3D{schema}"
-
-
-def _drop_schema(url: str, schema: str) -> None:
-    import psycopg
-
-    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as connection:
-        connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            drop_schema(os.environ["WRITEJOBS_DATABASE_URL"], schema)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, delete, event, insert, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, delete, event, insert, or_, select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from writejobs.clock import as_utc, iso
@@ -183,15 +183,22 @@ class Page:
 def list_installation_operations(
     session: Session, installation_id: str, *, page_size: int, page_token: str | None
 ) -> Page:
-    """Newest first, keyset-paginated on (created_at, id) so pages never skip or repeat."""
+    """Newest first, keyset-paginated on (created_at, id) so pages never skip or repeat.
+
+    The token names the last row served; the next page starts strictly below it.
+    The bound is one row-value comparison, `(created_at, id) < (:t, :id)`, so
+    PostgreSQL and SQLite seek straight to it in `ix_operations_installation_created`
+    (installation_id, created_at, id), read backwards: a page deep into a million
+    rows costs what the first one does. The same bound written as `created_at < :t
+    OR (created_at = :t AND id < :id)` is no index range to PostgreSQL, which then
+    filters every newer row: 166 ms at depth 500,000 of 1,000,000 rows against
+    0.03 ms (bench/read_bench.py).
+    """
     statement = select(Operation).where(Operation.installation_id == installation_id)
     if page_token is not None:
         created_at, op_id = decode_page_token(page_token)
         statement = statement.where(
-            or_(
-                Operation.created_at < created_at,
-                and_(Operation.created_at == created_at, Operation.id < op_id),
-            )
+            tuple_(Operation.created_at, Operation.id) < tuple_(created_at, op_id)
         )
     statement = statement.order_by(Operation.created_at.desc(), Operation.id.desc())
     rows = list(session.scalars(statement.limit(page_size + 1)))
