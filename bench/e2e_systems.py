@@ -32,6 +32,8 @@ from e2e_clients import SubmitSpec
 
 from tests.support.system import ChildProcess, create_tenant, start_child
 from writejobs.settings import Settings
+from writejobs.store import tenants_repo
+from writejobs.store.db import create_session_factory, create_store_engine
 from writejobs.store.migrate import migrate
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -193,6 +195,7 @@ def writejobs_system(env: Env, row: str, *, auto_batch: bool) -> Iterator[System
         wait_worker(env.redis_url, f"writejobs-{worker.process.pid}@", worker)
         scheduler.wait_for("scheduler started", timeout_s=60)
         tenant = create_tenant(settings, api_url, env.sandbox_url)
+        unthrottled(settings, tenant.installation_id)
         body: dict[str, object] = {
             "groupRef": tenant.group_ref,
             "type": "create",
@@ -229,6 +232,20 @@ def writejobs_system(env: Env, row: str, *, auto_batch: bool) -> Iterator[System
             conn.close()
         drop_schema(env.database_url, schema)
         delete_keys(env.redis_url, [f"{namespace}:*", f"*{queue}*"])
+
+
+def unthrottled(settings: Settings, installation_id: str) -> None:
+    """Give the bench's installation a rate limit no run reaches: the sandbox imposes
+    none and the Celery baselines pace nothing, so HubSpot's default (100 calls per
+    10 s) in writejobs' limiter would measure the limit, not the system."""
+    engine = create_store_engine(settings)
+    try:
+        with create_session_factory(engine)() as session:
+            limit = {"max": 1_000_000, "interval_ms": 1000}
+            tenants_repo.set_rate_limit(session, installation_id, limit)
+            session.commit()
+    finally:
+        engine.dispose()
 
 
 def _baseline_env(env: Env, queue: str, done_key: str, prefetch: int) -> dict[str, str]:
