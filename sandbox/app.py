@@ -158,6 +158,13 @@ def _control_router(state: SandboxState, issuer: oauth.TokenIssuer) -> APIRouter
         """The last 10,000 provider requests: time, method, path, status, input count."""
         return state.recent_requests()
 
+    @router.get("/records/{provider}/{object_name}/keys")
+    def stored_keys(provider: str, object_name: str, field: str) -> dict[str, Any]:
+        """Hashes of `field`'s value in each stored record of one object, one per record
+        (a value stored twice is listed twice), never the values: how a benchmark finds
+        records written twice, or not at all, without the sandbox holding its bookkeeping."""
+        return state.stored_keys(provider, object_name, field, key_hash)
+
     return router
 
 

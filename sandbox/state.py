@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -118,6 +119,16 @@ class SandboxState:
                 "faults_injected": dict(self.faults.injected),
                 "file_fetches": dict(self.file_fetches),
             }
+
+    def stored_keys(
+        self, provider: str, object_name: str, prop: str, hasher: Callable[[str], str]
+    ) -> dict[str, Any]:
+        """The body of `GET /_sandbox/records/{provider}/{object}/keys?field=prop`: the
+        hash of `prop` in each stored record, and how many records do not hold it."""
+        with self.lock:
+            values = [r.properties.get(prop) for r in self.objects(provider, object_name).values()]
+        keys = [hasher(v) for v in values if isinstance(v, str) and v]
+        return {"records": len(values), "without_field": len(values) - len(keys), "keys": keys}
 
     def recent_requests(self) -> list[dict[str, Any]]:
         """The body of `GET /_sandbox/requests`, oldest first."""
