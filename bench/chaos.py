@@ -53,6 +53,7 @@ from chaos_count import (  # noqa: E402
     drain,
     fetch_views,
     metric_possible_duplicates,
+    operation_logs,
     repeat_logs,
     sandbox_keys,
 )
@@ -91,7 +92,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--time-scale", type=float, default=0.05, help="policy time scale")
     parser.add_argument("--lease", type=float, default=5.0, help="WRITEJOBS_RUNNING_LEASE_S")
-    parser.add_argument("--stalled", type=float, default=10.0, help="WRITEJOBS_STALLED_AFTER_S")
+    parser.add_argument("--stalled", type=float, default=30.0, help="WRITEJOBS_STALLED_AFTER_S")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--database-url",
@@ -252,7 +253,12 @@ def chaos(
         metric_possible_duplicates(api_urls[0]),
     )
     run.pieces = pieces
-    print_report(run, outcome, targets)
+    print_report(
+        run,
+        outcome,
+        targets,
+        functools.partial(operation_logs, api_urls[0], tenant["key"], tenant["project"]),
+    )
 
 
 class Supervisor:

@@ -15,7 +15,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -26,6 +26,7 @@ from sandbox.app import key_hash
 from writejobs.execution.repeats import POSSIBLE_DUPLICATE
 
 TERMINAL_STATES = ("succeeded", "partially_succeeded", "failed", "expired")
+ANOMALIES = ("stuck", "lost", "duplicated, not reported", "written though reported failed")
 UPSERT_REPEAT = "repeat written as an upsert by %"
 _METRIC = re.compile(r'^writejobs_possible_duplicates_total\{provider="hubspot"\} (\S+)$', re.M)
 
@@ -117,11 +118,9 @@ class PerTarget:
     written_but_reported_failed: int = 0
     lost: int = 0
     lost_in_stuck: int = 0
-    lost_examples: list[str] = field(default_factory=list)
     duplicated_records: int = 0
     extra_copies: int = 0
     duplicated_unreported: int = 0
-    unreported_examples: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -139,6 +138,8 @@ class Outcome:
     written_not_accepted: int
     duplicate_creates: int
     stored_by_object: dict[str, int]
+    # Per kind, the operations it concerns (id -> target, mode, size, state).
+    anomalies: dict[str, dict[str, str]]
 
 
 def count(
@@ -157,6 +158,7 @@ def count(
     per_target = {t.label: PerTarget() for t in targets}
     objects = {t.label: t.object_name for t in targets}
     accepted_keys: set[str] = set()
+    anomalies: dict[str, dict[str, str]] = {kind: {} for kind in ANOMALIES}
     for op_id, op in accepted.items():
         view = views.get(op_id)
         state = view["state"] if view else "missing"
@@ -165,6 +167,9 @@ def count(
         if not terminal:
             stuck.append(op_id)
         rows = (view or {}).get("records") or []
+        describe = f"{op.target}, {op.mode}, {len(op.keys)} record(s), state {state}"
+        if not terminal:
+            anomalies["stuck"].setdefault(op_id, describe)
         figures = per_target[op.target]
         copies_of = stored[objects[op.target]]
         for index, key in enumerate(op.keys):
@@ -179,18 +184,18 @@ def count(
             figures.written += copies > 0
             figures.reported_failed += failed
             figures.written_but_reported_failed += failed and copies > 0
+            if failed and copies > 0:
+                anomalies["written though reported failed"].setdefault(op_id, describe)
             if copies == 0 and not failed:
                 figures.lost += 1
                 figures.lost_in_stuck += not terminal
-                if len(figures.lost_examples) < 5:
-                    figures.lost_examples.append(f"{op_id} ({op.mode}, state {state})")
+                anomalies["lost"].setdefault(op_id, describe)
             if copies > 1:
                 figures.duplicated_records += 1
                 figures.extra_copies += copies - 1
                 if op_id not in possible:
                     figures.duplicated_unreported += 1
-                    if len(figures.unreported_examples) < 5:
-                        figures.unreported_examples.append(f"{op_id} ({op.mode}, ×{copies})")
+                    anomalies["duplicated, not reported"].setdefault(op_id, describe)
     unknown = Counter(v["state"] for op_id, v in views.items() if op_id not in accepted)
     written_not_accepted = sum(
         1 for copies in stored.values() for hashed in copies if hashed not in accepted_keys
@@ -207,4 +212,20 @@ def count(
         written_not_accepted=written_not_accepted,
         duplicate_creates=int(sandbox_stats.get("duplicate_creates", 0)),
         stored_by_object=dict(sandbox_stats.get("records_by_object", {})),
+        anomalies=anomalies,
     )
+
+
+def operation_logs(api_url: str, api_key: str, project_id: str, op_id: str) -> list[str]:
+    """One operation's log messages, oldest first, each with its details."""
+    response = httpx.get(
+        f"{api_url}/v1/projects/{project_id}/operations/{op_id}/logs",
+        headers={"X-Api-Key": api_key},
+        timeout=30,
+    )
+    if response.status_code != 200:
+        return [f"(logs: {response.status_code})"]
+    return [
+        f"{entry['timestamp']} {entry['message']['msg']} {entry['message'].get('details') or ''}"
+        for entry in response.json()
+    ]

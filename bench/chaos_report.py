@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,9 @@ class Run:
     left: Counter[str] = field(default_factory=Counter)
 
 
-def print_report(run: Run, outcome: Outcome, targets: list[Target]) -> None:
+def print_report(
+    run: Run, outcome: Outcome, targets: list[Target], logs_of: Callable[[str], list[str]]
+) -> None:
     tally = run.tally
     natural, plain = (outcome.per_target[t.label] for t in targets)
     five_xx = sum(tally.five_xx.values())
@@ -115,13 +118,15 @@ def print_report(run: Run, outcome: Outcome, targets: list[Target]) -> None:
         f"writejobs_possible_duplicates_total {_figure(outcome.metric)}; operations logged "
         f"'repeat written as an upsert' {outcome.upsert_ops}"
     )
-    for figures in (natural, plain):
-        for example in figures.lost_examples:
-            print(f"  lost e.g. {example}")
-        for example in figures.unreported_examples:
-            print(f"  unreported duplicate e.g. {example}")
-    if outcome.stuck:
-        print(f"  stuck e.g. {outcome.stuck[:5]}")
+
+    print()
+    print("== anomalies (operations concerned; the logs of the first two)")
+    for kind, ops in outcome.anomalies.items():
+        print(f"  {kind}: {len(ops)} operation(s)")
+        for op_id, description in list(ops.items())[:2]:
+            print(f"    {op_id} ({description})")
+            for line in logs_of(op_id):
+                print(f"      {line}")
 
     print()
     print("== pieces that exited on their own")
@@ -147,8 +152,8 @@ def print_report(run: Run, outcome: Outcome, targets: list[Target]) -> None:
         (
             "Redis restarts during the load",
             run.redis_restarts - run.late_redis_restarts,
-            ">= 2",
-            run.redis_restarts - run.late_redis_restarts >= 2,
+            f">= {run.args.redis_restarts}",
+            run.redis_restarts - run.late_redis_restarts >= run.args.redis_restarts,
         ),
         ("stuck operations", len(outcome.stuck), "0", not outcome.stuck),
         ("lost records", lost, "0", lost == 0),
@@ -168,6 +173,14 @@ def print_report(run: Run, outcome: Outcome, targets: list[Target]) -> None:
             natural_duplicates == 0,
         ),
         ("pieces that exited on their own", len(own_exits), "0", len(own_exits) == 0),
+        ("records reported failed", natural.reported_failed + plain.reported_failed, "", None),
+        ("  operations expired", outcome.states.get("expired", 0), "", None),
+        (
+            "  records written though reported failed",
+            natural.written_but_reported_failed + plain.written_but_reported_failed,
+            "",
+            None,
+        ),
     ]
     print()
     print("== figures and targets")
