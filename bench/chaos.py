@@ -111,11 +111,14 @@ def main() -> None:
     schema = f"wjchaos_{run_id}"
     base_url = args.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
     pieces: dict[str, Piece] = {}
+    interrupted = False
 
     def on_term(_signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    # Ctrl-C even when started with SIGINT ignored (a background job of a script).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with psycopg.connect(base_url, autocommit=True) as connection:
             connection.execute(f'CREATE SCHEMA "{schema}"')
@@ -125,6 +128,7 @@ def main() -> None:
         chaos(args, run, run_dir, logs, database_url, pieces)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping every process", flush=True)
+        interrupted = True
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -134,6 +138,8 @@ def main() -> None:
             connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         shutil.rmtree(run_dir / "redis", ignore_errors=True)
         print(f"schema {schema} dropped; logs in {logs}", flush=True)
+    if interrupted:
+        sys.exit(130)
 
 
 def chaos(

@@ -39,10 +39,11 @@ def drain(
     started = time.monotonic()
     left: Counter[str] = Counter()
     while True:
-        with psycopg.connect(database_url) as connection:
-            rows = connection.execute(
-                "SELECT id, state FROM operations WHERE state <> ALL(%s)", (list(TERMINAL_STATES),)
-            ).fetchall()
+        rows = query(
+            database_url,
+            "SELECT id, state FROM operations WHERE state <> ALL(%s)",
+            (list(TERMINAL_STATES),),
+        )
         left = Counter(state for op_id, state in rows if op_id in accepted)
         waited = time.monotonic() - started
         if not left or waited >= timeout_s:
@@ -50,6 +51,20 @@ def drain(
         for _ in range(10):
             tick()
             time.sleep(0.2)
+
+
+def query(database_url: str, sql: str, params: tuple[Any, ...], tries: int = 60) -> list[Any]:
+    """Rows of one read, tried again for a minute while PostgreSQL refuses a connection
+    (a shared server at its connection limit is not what the bench measures)."""
+    for attempt in range(tries):
+        try:
+            with psycopg.connect(database_url) as connection:
+                return connection.execute(sql, params).fetchall()
+        except psycopg.OperationalError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
 
 
 def fetch_views(
@@ -79,11 +94,11 @@ def repeat_logs(database_url: str) -> tuple[dict[str, int], dict[str, int]]:
     was written as an upsert (sums over the operation's takeovers)."""
     possible: Counter[str] = Counter()
     upserted: Counter[str] = Counter()
-    with psycopg.connect(database_url) as connection:
-        rows = connection.execute(
-            "SELECT operation_id, msg, details FROM operation_logs WHERE msg = %s OR msg LIKE %s",
-            (POSSIBLE_DUPLICATE, UPSERT_REPEAT),
-        ).fetchall()
+    rows = query(
+        database_url,
+        "SELECT operation_id, msg, details FROM operation_logs WHERE msg = %s OR msg LIKE %s",
+        (POSSIBLE_DUPLICATE, UPSERT_REPEAT),
+    )
     for op_id, msg, details in rows:
         records = int((details or {}).get("records", 1))
         (possible if msg == POSSIBLE_DUPLICATE else upserted)[op_id] += records
