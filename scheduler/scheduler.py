@@ -68,6 +68,7 @@ class Scheduler:
                 batcher.send_batch,
                 now=now,
                 stalled_after_s=self.settings.stalled_after_s,
+                running_lease_s=self.settings.running_lease_s,
             )
             report.expired = expire_overdue(
                 self.wiring.deps.sessions, now=now, grace_s=self.settings.watchdog_grace_s

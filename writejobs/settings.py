@@ -52,8 +52,9 @@ class Settings(BaseSettings):
     fetch_timeout_s: float = Field(default=300.0, gt=0)
     # Lets demos and tests run a policy "minute" in a second; logged when not 1.
     policy_time_scale: float = Field(default=1.0, gt=0)
-    # An operation left `running` this long by a dead worker may be taken over.
-    running_lease_s: float = Field(default=300.0, gt=0)
+    # A running operation's lease: its worker's heartbeat renews it every quarter of
+    # this, so an operation whose worker died is taken over about this long after.
+    running_lease_s: float = Field(default=60.0, gt=0)
     # Recovery sweeps: a claimed batch not sent after this long is sent again...
     unsent_grace_s: float = Field(default=10.0, gt=0)
     # ...a pending operation in no buffer this long is buffered again...

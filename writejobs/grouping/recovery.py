@@ -33,12 +33,21 @@ def requeue_stalled(
     *,
     now: datetime,
     stalled_after_s: float,
+    running_lease_s: float | None = None,
     limit: int = 1000,
 ) -> list[str]:
-    """Send again the tasks of stalled operations; return the task ids (op or batch) sent."""
+    """Send again the tasks of stalled operations; return the task ids (op or batch) sent.
+
+    A `running` operation whose heartbeat-kept lease lapsed is sent again once it
+    is a lease (`running_lease_s`) untouched, not the whole `stalled_after_s`."""
+    lapsed_s = stalled_after_s if running_lease_s is None else running_lease_s
     with sessions() as session:
         stuck = operations_repo.stalled(
-            session, now=now, queued_before=now - timedelta(seconds=stalled_after_s), limit=limit
+            session,
+            now=now,
+            queued_before=now - timedelta(seconds=stalled_after_s),
+            lapsed_before=now - timedelta(seconds=lapsed_s),
+            limit=limit,
         )
         batches = sorted({op.batch_id for op in stuck if op.batch_id is not None})
         singles = [op.id for op in stuck if op.batch_id is None]
