@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import pytest
+from sqlalchemy import select
+
 from scheduler.scheduler import Scheduler
 from tests.support.parked import Parked
 from writejobs import task_names
@@ -13,6 +16,7 @@ from writejobs.clock import as_utc, utcnow
 from writejobs.core.operations import State
 from writejobs.store import operations_repo
 from writejobs.store.leases import LeaseHeartbeat
+from writejobs.store.tables import Operation
 
 
 def _async_write(p: Parked) -> str:
@@ -93,3 +97,26 @@ def test_a_lease_the_heartbeat_keeps_alive_is_never_taken_over(parked: Parked) -
         report = Scheduler(parked.settings, parked.wiring).tick(much_later)
     assert op_id not in report.requeued
     assert (task_names.WRITE_OPERATION, [op_id]) not in parked.sent()
+
+
+@pytest.mark.timeout(60)
+def test_the_heartbeat_skips_a_row_another_transaction_holds_instead_of_waiting(
+    parked: Parked,
+) -> None:
+    # A batch settling its members holds their row locks; a heartbeat that waited on
+    # one of them while holding the others would deadlock with it.
+    if not parked.settings.sqlalchemy_url.startswith("postgresql"):
+        pytest.skip("row locks: PostgreSQL only (SQLite locks the whole database)")
+    locked, free = _async_write(parked), _async_write(parked)
+    started = utcnow()
+    for op_id in (locked, free):
+        _start_running(parked, op_id, started, lease_s=5)
+    later = started + timedelta(seconds=60)
+    heartbeat = LeaseHeartbeat(parked.wiring.deps.sessions, 5, lambda: later)
+    with parked.wiring.deps.sessions() as settling:
+        settling.execute(select(Operation.id).where(Operation.id == locked).with_for_update()).all()
+        with heartbeat.holding(operation_id=locked), heartbeat.holding(operation_id=free):
+            assert heartbeat.beat() == 1
+        settling.rollback()
+    assert _lease(parked, free) == later + timedelta(seconds=5)
+    assert _lease(parked, locked) == started + timedelta(seconds=5)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
-from sqlalchemy import or_, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from writejobs.clock import Clock
@@ -44,12 +44,21 @@ def renew_held(
     if not operation_ids and not batch_ids:
         return 0
     at = now()
-    statement = (
-        update(Operation)
+    # Rows another transaction holds are skipped, never waited for: a batch settling
+    # its members locks them one by one, and a heartbeat waiting on one of those
+    # while holding others would deadlock with it. Those rows are ending anyway.
+    # (SQLite has no row locks; the clause is left out there.)
+    held = (
+        select(Operation.id)
         .where(
             Operation.state == State.RUNNING.value,
             or_(Operation.id.in_(operation_ids), Operation.batch_id.in_(batch_ids)),
         )
+        .with_for_update(skip_locked=True)
+    )
+    statement = (
+        update(Operation)
+        .where(Operation.id.in_(held), Operation.state == State.RUNNING.value)
         .values(lease_expires_at=at + timedelta(seconds=lease_s))
     )
     renewed: int = session.execute(statement, execution_options=_NO_SYNC).rowcount  # type: ignore[attr-defined]
