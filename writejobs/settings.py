@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # A running operation's lease: its worker's heartbeat renews it every quarter of
     # this, so an operation whose worker died is taken over about this long after.
     running_lease_s: float = Field(default=60.0, gt=0)
+    # A synchronous write's lease, held by its API request for its one attempt and not
+    # renewed: longer than any live request lasts (provider calls, an OAuth renewal).
+    sync_lease_s: float = Field(default=300.0, gt=0)
     # Recovery sweeps: a claimed batch not sent after this long is sent again...
     unsent_grace_s: float = Field(default=10.0, gt=0)
     # ...a pending operation in no buffer this long is buffered again...

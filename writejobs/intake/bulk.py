@@ -20,8 +20,8 @@ from writejobs.core.operations import State
 from writejobs.errors import ContractError
 from writejobs.execution.deps import ExecutionDeps
 from writejobs.execution.fetch_guard import FetchFailed, UnsafeUrl, check_url
-from writejobs.intake.idempotency import KeyClaim, accepted_answer
 from writejobs.intake.handoff import hand_off, recording
+from writejobs.intake.idempotency import KeyClaim, accepted_answer
 from writejobs.intake.write import Dispatch, WriteTarget, find_installation, new_operation
 from writejobs.providers.salesforce import PROVIDER as SALESFORCE
 from writejobs.store import idempotency_repo, operations_repo

@@ -27,7 +27,7 @@ An asynchronous write's answer (`{operationId}`) is known at commit, so its key
 starts `done`. A synchronous write's key is `in_flight` until the provider has
 answered. If the API process dies in between, the operation is in SQL (and the
 stalled sweep finishes it), but no answer was stored: once the key has been
-`in_flight` longer than the running lease, which no live request outlasts, it
+`in_flight` longer than a synchronous write's lease, which no live request outlasts, it
 is settled with `200 {operationId}` (the asynchronous answer), so the client
 learns the id and polls it, instead of a key blocked for a day.
 """

@@ -214,7 +214,7 @@ def _new_operation(
         max_delay_s=max_delay_s,
         lease_expires_at=None
         if request.is_async
-        else now + timedelta(seconds=deps.settings.running_lease_s),
+        else now + timedelta(seconds=deps.settings.sync_lease_s),
         last_attempt_at=None if request.is_async else now,
     )
 
