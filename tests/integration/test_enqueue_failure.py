@@ -31,7 +31,7 @@ from writejobs.grouping.keys import group_key
 from writejobs.grouping.recovery import retry_handoffs
 from writejobs.intake.bulk import accept_bulk_upsert
 from writejobs.intake.write import Dispatch, WriteTarget, accept_write
-from writejobs.runtime.wiring import Wiring, wire
+from writejobs.runtime.wiring import Wiring
 from writejobs.settings import Settings
 from writejobs.store import operations_repo
 from writejobs.store.db import create_session_factory, create_store_engine
@@ -208,7 +208,8 @@ def test_a_write_the_store_cannot_record_is_refused_with_a_503(
     parked: Parked, dead_store: Settings, record: bool
 ) -> None:
     wiring = parked.wiring
-    dead_sessions = create_session_factory(create_store_engine(dead_store))
+    dead_engine = create_store_engine(dead_store)
+    dead_sessions = create_session_factory(dead_engine)
     dispatch = Dispatch(
         wiring.dispatch.send_operation,
         wiring.dispatch.buffer_operation,
@@ -227,20 +228,21 @@ def test_a_write_the_store_cannot_record_is_refused_with_a_503(
             deps,
             dispatch,
         )
+    dead_engine.dispose()
     assert parked.sent() == []
 
 
 def test_the_api_answers_503_problem_json_when_the_store_cannot_take_the_row(
     parked: Parked, dead_store: Settings
 ) -> None:
-    live = wire(parked.settings)
-    dead = wire(dead_store)
+    live = parked.wiring
+    dead_store_engine = create_store_engine(dead_store)
     # Everything of the live system but the committer, which writes to the dead store.
     dispatch = Dispatch(
         live.dispatch.send_operation,
         live.dispatch.buffer_operation,
         live.dispatch.directory,
-        dead.dispatch.record,
+        GroupCommitter(create_session_factory(dead_store_engine)).commit,
     )
     app = create_app(parked.settings, wiring=replace(live, dispatch=dispatch))
     tenant = parked.tenant
@@ -251,8 +253,7 @@ def test_the_api_answers_503_problem_json_when_the_store_cannot_take_the_row(
             headers={"X-Api-Key": tenant.api_key, "Content-Type": "application/json"},
             timeout=30,
         )
-    live.redis.close()
-    dead.redis.close()
+    dead_store_engine.dispose()
     assert response.status_code == 503, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
     problem = response.json()
