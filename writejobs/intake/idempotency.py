@@ -14,7 +14,7 @@ The `Idempotency-Key` header of the IETF httpapi draft
 * What is stored is the answer of a write that began to execute: 200s, and the
   422 of a provider that refused every record. Requests refused before an
   operation exists (400, 404, 413) store nothing: fix the request and send it
-  again with the same key. A 5xx (provider unavailable, queue down) frees the
+  again with the same key. A 5xx (provider unavailable) frees the
   key: its operation has failed, and sending again should try again.
 
 The key's row is inserted in the same transaction as its operation (and by
