@@ -56,7 +56,7 @@ async def answer_once(
         claim,
         attempt,
         clock=state.deps.clock,
-        abandoned_after_s=state.deps.settings.running_lease_s,
+        abandoned_after_s=state.deps.settings.sync_lease_s,
     )
     headers = {REPLAYED_HEADER: "true"} if replayed else None
     return Response(

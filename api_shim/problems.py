@@ -18,9 +18,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from writejobs.clock import iso, utcnow
-from writejobs.errors import ContractError, NotFound
+from writejobs.errors import ContractError, NotFound, StoreUnavailable
 from writejobs.intake.idempotency import KeyInFlight, KeyReused
-from writejobs.intake.write import EnqueueFailed
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +120,10 @@ def install_handlers(app: FastAPI) -> None:
     async def _not_found(request: Request, exc: NotFound) -> Response:
         return problem_response(request, ApiProblem(404, str(exc), remedy=_NOT_FOUND_REMEDY))
 
-    @app.exception_handler(EnqueueFailed)
-    async def _enqueue_failed(request: Request, exc: EnqueueFailed) -> Response:
-        remedy = "The queue is unavailable; send the write again."
+    @app.exception_handler(StoreUnavailable)
+    async def _store_unavailable(request: Request, exc: StoreUnavailable) -> Response:
+        # Nothing was recorded, so sending the write again cannot make a duplicate.
+        remedy = "The write was not recorded; send it again."
         return problem_response(request, ApiProblem(503, str(exc), retryable=True, remedy=remedy))
 
     @app.exception_handler(KeyInFlight)

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from writejobs.execution.webhooks import dispatch_due
 from writejobs.grouping.autobatch import TickReport
-from writejobs.grouping.recovery import expire_overdue, requeue_stalled
+from writejobs.grouping.recovery import expire_overdue, requeue_stalled, retry_handoffs
 from writejobs.intake.idempotency import purge_expired
 from writejobs.runtime.metrics_history import MinuteRecorder
 from writejobs.runtime.wiring import Wiring
@@ -23,6 +23,7 @@ class SchedulerReport:
     batches: TickReport = field(default_factory=TickReport)
     retries_released: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
+    handed_off: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     keys_purged: int = 0
     # This scheduler took the minute's snapshot for the console's charts.
@@ -52,6 +53,13 @@ class Scheduler:
         )
         if now.timestamp() - self._last_sweep_s >= SWEEP_EVERY_S:
             self._last_sweep_s = now.timestamp()
+            report.handed_off = retry_handoffs(
+                self.wiring.deps.sessions,
+                self.wiring.dispatch.send_operation,
+                batcher.send_batch,
+                batcher.rebuffer,
+                now=now,
+            )
             report.batches.resent = batcher.resend_unsent(now)
             report.batches.rebuffered = batcher.rebuffer_orphans(now)
             report.requeued = requeue_stalled(
@@ -60,6 +68,7 @@ class Scheduler:
                 batcher.send_batch,
                 now=now,
                 stalled_after_s=self.settings.stalled_after_s,
+                running_lease_s=self.settings.running_lease_s,
             )
             report.expired = expire_overdue(
                 self.wiring.deps.sessions, now=now, grace_s=self.settings.watchdog_grace_s

@@ -26,6 +26,7 @@ from writejobs.runtime.celery_config import celery_config
 from writejobs.runtime.log_config import configure_logging
 from writejobs.runtime.wiring import Wiring, wire
 from writejobs.settings import Settings, load_settings
+from writejobs.store.leases import LeaseHeartbeat
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,23 @@ class _LazyWiring:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._wiring: Wiring | None = None
+        self._heartbeat: LeaseHeartbeat | None = None
         self._pid = 0
 
     def __call__(self) -> Wiring:
         if self._wiring is None or self._pid != os.getpid():
             self._wiring, self._pid = wire(self.settings), os.getpid()
+            deps = self._wiring.deps
+            self._heartbeat = LeaseHeartbeat(
+                deps.sessions, self.settings.running_lease_s, deps.clock
+            )
         return self._wiring
+
+    def heartbeat(self) -> LeaseHeartbeat:
+        """Keeps the short running leases of this process's tasks alive (store.leases)."""
+        self()
+        assert self._heartbeat is not None
+        return self._heartbeat
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -61,13 +73,15 @@ def create_celery(settings: Settings) -> Celery:
     @app.task(name=task_names.WRITE_OPERATION)  # type: ignore[untyped-decorator]
     def write_operation(operation_id: str) -> str | None:
         """Write one asynchronous operation (single record or explicit batch)."""
-        state = run_operation(operation_id, wiring().deps)
+        with wiring.heartbeat().holding(operation_id=operation_id):
+            state = run_operation(operation_id, wiring().deps)
         return state.value if state is not None else None
 
     @app.task(name=task_names.WRITE_BATCH)  # type: ignore[untyped-decorator]
     def write_batch(batch_id: str) -> dict[str, int]:
         """Write one flushed auto-batch; each member operation gets its own result."""
-        return run_batch(batch_id, wiring().deps, on_start=note_batch_start)
+        with wiring.heartbeat().holding(batch_id=batch_id):
+            return run_batch(batch_id, wiring().deps, on_start=note_batch_start)
 
     @app.task(name=task_names.DELIVER_WEBHOOK)  # type: ignore[untyped-decorator]
     def deliver_webhook(delivery_ids: list[int]) -> dict[str, int]:

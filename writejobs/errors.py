@@ -6,6 +6,7 @@
     ├── CredentialsUnreadable    stored credentials this process's key cannot decrypt
     ├── InvalidTransition        a state change another delivery got to first
     ├── DeadlineExceeded         no time is left to try again
+    ├── StoreUnavailable         SQL could not record an accepted write (maps to 503)
     └── ProviderError            a whole provider call failed
         ├── RetryableProviderError   connection errors, timeouts, 408, 429, 5xx, throttles
         └── PermanentProviderError   any other 4xx: trying again cannot help
@@ -42,6 +43,10 @@ class InvalidTransition(WritejobsError):
 
 class DeadlineExceeded(WritejobsError):
     """The operation's deadline passed before it could finish."""
+
+
+class StoreUnavailable(WritejobsError):
+    """The store could not take a new operation's row: nothing was accepted, send again."""
 
 
 class ProviderError(WritejobsError):

@@ -43,10 +43,21 @@ class Settings(BaseSettings):
     redis_namespace: str = Field(default="wj", description="Prefix of every writejobs Redis key.")
     scheduler_interval_s: float = Field(default=0.2, gt=0)
     provider_timeout_s: float = Field(default=30.0, gt=0)
+    # Every Redis call (buffers, waits, metrics, the Celery broker) gives up after this
+    # long, so a Redis that stopped answering fails a call instead of hanging it...
+    redis_socket_timeout_s: float = Field(default=5.0, gt=0)
+    # ...and a TCP connection to Redis that does not open in this long is an error.
+    redis_connect_timeout_s: float = Field(default=2.0, gt=0)
+    # The whole download of a bulk write's recordsURL, first request to last byte.
+    fetch_timeout_s: float = Field(default=300.0, gt=0)
     # Lets demos and tests run a policy "minute" in a second; logged when not 1.
     policy_time_scale: float = Field(default=1.0, gt=0)
-    # An operation left `running` this long by a dead worker may be taken over.
-    running_lease_s: float = Field(default=300.0, gt=0)
+    # A running operation's lease: its worker's heartbeat renews it every quarter of
+    # this, so an operation whose worker died is taken over about this long after.
+    running_lease_s: float = Field(default=60.0, gt=0)
+    # A synchronous write's lease, held by its API request for its one attempt and not
+    # renewed: longer than any live request lasts (provider calls, an OAuth renewal).
+    sync_lease_s: float = Field(default=300.0, gt=0)
     # Recovery sweeps: a claimed batch not sent after this long is sent again...
     unsent_grace_s: float = Field(default=10.0, gt=0)
     # ...a pending operation in no buffer this long is buffered again...

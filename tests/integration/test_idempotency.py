@@ -201,14 +201,14 @@ def test_a_key_whose_request_is_still_running_is_a_retryable_409(system: System)
 def test_a_key_left_in_flight_by_a_dead_request_is_settled_with_its_operation_id(
     system: System,
 ) -> None:
-    # Given a synchronous write in flight, and then a running lease's time passes
+    # Given a synchronous write in flight, and then a synchronous lease's time passes
     # (as if the API process had died: no live request lasts that long)
     system.faults(endpoint="*", latency_ms=1500)
     body = _sync_create(system.tenant)
     with ThreadPoolExecutor(1) as pool, system.client() as client:
         held = pool.submit(client.post, system.tenant.write_path(), json=body, headers={KEY: "d"})
         _wait_for_key(system, "d")
-        system.clock.advance(system.settings.running_lease_s + 1)
+        system.clock.advance(system.settings.sync_lease_s + 1)
         # When the client sends it again with the key
         retry = client.post(system.tenant.write_path(), json=body, headers={KEY: "d"})
         held.result()

@@ -73,3 +73,6 @@ def parked_system(settings: Settings, sandbox_url: str) -> Iterator[Parked]:
         tenant = create_tenant(own, api_url, sandbox_url)
         yield Parked(own, wiring, tenant, redis.Redis.from_url(own.effective_redis_url))
     wiring.redis.delete(own.celery_queue)
+    # Each parked system has an engine of its own: left open, their idle connections
+    # add up to PostgreSQL's max_connections over a run.
+    wiring.deps.sessions.kw["bind"].dispose()

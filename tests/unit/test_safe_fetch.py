@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 import socket
@@ -54,11 +55,25 @@ def files_app() -> Starlette:
     async def redirect(request: Request) -> RedirectResponse:
         return RedirectResponse(request.query_params["to"], status_code=302)
 
+    async def slow(request: Request) -> StreamingResponse:
+        """A host that drips its body: a line every `gap` seconds, after `first` seconds."""
+        first = float(request.query_params.get("first", "0"))
+        gap = float(request.query_params.get("gap", "0.1"))
+
+        async def body() -> AsyncIterator[bytes]:
+            await asyncio.sleep(first)
+            for i in range(int(request.query_params.get("lines", "40"))):
+                yield f"{i},user{i}@example.com\n".encode()
+                await asyncio.sleep(gap)
+
+        return StreamingResponse(body(), media_type="text/csv")
+
     return Starlette(
         routes=[
             Route("/big.csv", big),
             Route("/streamed.csv", streamed),
             Route("/redirect", redirect),
+            Route("/slow.csv", slow),
         ]
     )
 
@@ -276,3 +291,46 @@ def test_an_ipv6_address_embedding_ipv4_is_judged_by_the_ipv4_address(
     address: str, kind: str | None
 ) -> None:
     assert refused_kind(ipaddress.ip_address(address)) == kind
+
+
+def test_a_host_that_drips_its_body_is_cut_off_at_the_overall_limit(files_url: str) -> None:
+    # given a host that keeps sending a line every 0.1 s, for 4 s in all
+    received: list[bytes] = []
+    # when it is fetched with a 0.5 s limit on the whole download
+    with pytest.raises(FetchFailed, match=r"took longer than 0.5s") as cut:
+        with open_csv_url(
+            f"{files_url}/slow.csv?lines=40&gap=0.1",
+            allowed_http_hosts=LOOPBACK,
+            max_bytes=MiB,
+            total_timeout_s=0.5,
+        ) as chunks:
+            received.extend(chunks)
+    # then the fetch ends part way, and may be tried again later
+    assert cut.value.retryable
+    assert 0 < len(received) < 40
+
+
+def test_a_host_that_sends_nothing_is_cut_off_at_the_overall_limit(files_url: str) -> None:
+    # given a host that waits 5 s before its first byte (each read may wait 30 s)
+    # when the whole fetch may take 0.5 s, then the read itself gives up with it
+    # (not 5 s later, when the first byte would come), retryably
+    with pytest.raises(FetchFailed, match="broke off") as cut:
+        with open_csv_url(
+            f"{files_url}/slow.csv?first=5&lines=1",
+            allowed_http_hosts=LOOPBACK,
+            max_bytes=MiB,
+            total_timeout_s=0.5,
+        ) as chunks:
+            list(chunks)
+    assert cut.value.retryable
+
+
+def test_a_slow_host_within_the_overall_limit_is_read_to_the_end(files_url: str) -> None:
+    with open_csv_url(
+        f"{files_url}/slow.csv?lines=5&gap=0.05",
+        allowed_http_hosts=LOOPBACK,
+        max_bytes=MiB,
+        total_timeout_s=60,
+    ) as chunks:
+        body = b"".join(chunks)
+    assert body.count(b"\n") == 5

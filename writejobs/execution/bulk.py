@@ -187,6 +187,7 @@ def _open_csv(
         request.records_url,
         allowed_http_hosts=deps.settings.allowed_http_hosts,
         max_bytes=MAX_URL_CSV_BYTES,
+        total_timeout_s=deps.settings.fetch_timeout_s,
     ) as chunks:
         yield chunks
 

@@ -8,7 +8,9 @@ for hosts the operator allows), and every address its host resolves to must be a
 public one. The request then goes to the address that was checked, not to the
 name again, so a DNS answer that changes between the check and the connection
 (DNS rebinding) cannot swap in another address. The body is streamed in chunks
-and cut off past `max_bytes`, so a 150 MiB file never sits in memory.
+and cut off past `max_bytes`, so a 150 MiB file never sits in memory, and the
+whole fetch is cut off past `total_timeout_s`, so a host that drips its bytes
+cannot hold a worker's pool process until the operation's deadline.
 
 Hosts in `allowed_http_hosts` (the sandbox on 127.0.0.1 in tests) are trusted
 by configuration: any scheme, any address, connected to by name.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,7 +30,7 @@ import httpx
 from writejobs.errors import WritejobsError
 
 MAX_REDIRECTS = 5
-# Long enough for a slow file host between two chunks; the caller bounds the whole fetch.
+# Long enough for a slow file host between two chunks; `total_timeout_s` bounds the whole.
 DEFAULT_TIMEOUT_S = 30.0
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _RETRYABLE_STATUSES = frozenset({408, 429})
@@ -57,6 +60,7 @@ def open_csv_url(
     *,
     allowed_http_hosts: frozenset[str],
     max_bytes: int,
+    total_timeout_s: float = 300.0,
     client: httpx.Client | None = None,
 ) -> Iterator[Iterator[bytes]]:
     """Open `url` and yield its body as an iterator of byte chunks.
@@ -64,14 +68,21 @@ def open_csv_url(
     Follows up to `MAX_REDIRECTS` redirects, checking each hop. Raises `UnsafeUrl`
     before any request goes to a refused scheme or address, and `FetchFailed` when
     the server cannot be reached, answers other than 2xx, or sends more than
-    `max_bytes` (its Content-Length up front, the bytes counted while iterating).
+    `max_bytes` (its Content-Length up front, the bytes counted while iterating),
+    or takes longer than `total_timeout_s` from the first request to the last
+    byte (retryable: the host may be faster later). The limit is checked as
+    chunks arrive and each read waits at most `DEFAULT_TIMEOUT_S` (or what is
+    left of the limit, whichever is less), so a fetch ends by the limit plus
+    one read's wait at the latest.
 
     `client` is for tests; it must not use a proxy (a proxy would resolve the name
     itself, past the address check), so the default client ignores the environment.
     """
     allowed = frozenset(host.lower() for host in allowed_http_hosts)
     own_client = client is None
-    http = client or httpx.Client(timeout=DEFAULT_TIMEOUT_S, trust_env=False)
+    read_timeout_s = min(DEFAULT_TIMEOUT_S, total_timeout_s)
+    http = client or httpx.Client(timeout=read_timeout_s, trust_env=False)
+    ends_at = time.monotonic() + total_timeout_s
     try:
         response = _open_following_redirects(http, url, allowed)
         try:
@@ -79,7 +90,7 @@ def open_csv_url(
             length = response.headers.get("Content-Length", "")
             if length.isdigit() and int(length) > max_bytes:
                 raise FetchFailed(f"recordsURL is {int(length)} bytes, more than {max_bytes}")
-            yield _bounded_chunks(response, max_bytes)
+            yield _bounded_chunks(response, max_bytes, ends_at, total_timeout_s)
         finally:
             response.close()
     finally:
@@ -207,7 +218,9 @@ def _check_status(response: httpx.Response) -> None:
     )
 
 
-def _bounded_chunks(response: httpx.Response, max_bytes: int) -> Iterator[bytes]:
+def _bounded_chunks(
+    response: httpx.Response, max_bytes: int, ends_at: float, total_timeout_s: float
+) -> Iterator[bytes]:
     received = 0
     try:
         # Decoded bytes are counted, so a small gzip body cannot unpack past the limit.
@@ -215,6 +228,12 @@ def _bounded_chunks(response: httpx.Response, max_bytes: int) -> Iterator[bytes]
             received += len(chunk)
             if received > max_bytes:
                 raise FetchFailed(f"recordsURL is larger than {max_bytes} bytes")
+            if time.monotonic() > ends_at:
+                raise FetchFailed(
+                    f"recordsURL took longer than {total_timeout_s:g}s to download "
+                    f"({received} bytes by then)",
+                    retryable=True,
+                )
             yield chunk
     except httpx.TransportError as exc:
         raise FetchFailed(f"recordsURL broke off: {exc}", retryable=True) from exc

@@ -202,6 +202,11 @@ class AutoBatcher:
         with self.sessions() as session:
             older_than = now - timedelta(seconds=self.orphan_grace_s)
             candidates = operations_repo.stale_pending(session, older_than=older_than, limit=limit)
+        return self.rebuffer(candidates)
+
+    def rebuffer(self, candidates: list[Operation]) -> list[str]:
+        """Buffer those of `candidates` (pending operations) that are in no buffer or claim;
+        return their ids. A buffer append that did happen is never made twice."""
         rebuffered: list[str] = []
         for op in candidates:
             group = group_key(op.installation_id, op.object_name, op.write_type)

@@ -1,4 +1,7 @@
-"""The stalled-work sweep: send again the task of work that nobody is doing.
+"""The recovery sweeps: send again the task of work that nobody is doing.
+
+Work the intake could not hand to Redis (a Redis restart) is marked so, and
+is sent again within a sweep of Redis answering (`retry_handoffs`).
 
 A task can be lost without a trace: a worker SIGKILLed while holding it (Redis
 redelivers only after its visibility timeout, an hour), or a broker that lost
@@ -15,8 +18,10 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from writejobs.core.operations import State
 from writejobs.execution.settle import expire
-from writejobs.store import operations_repo
+from writejobs.store import handoffs, operations_repo
+from writejobs.store.tables import Operation
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +33,21 @@ def requeue_stalled(
     *,
     now: datetime,
     stalled_after_s: float,
+    running_lease_s: float | None = None,
     limit: int = 1000,
 ) -> list[str]:
-    """Send again the tasks of stalled operations; return the task ids (op or batch) sent."""
+    """Send again the tasks of stalled operations; return the task ids (op or batch) sent.
+
+    A `running` operation whose heartbeat-kept lease lapsed is sent again once it
+    is a lease (`running_lease_s`) untouched, not the whole `stalled_after_s`."""
+    lapsed_s = stalled_after_s if running_lease_s is None else running_lease_s
     with sessions() as session:
         stuck = operations_repo.stalled(
-            session, now=now, queued_before=now - timedelta(seconds=stalled_after_s), limit=limit
+            session,
+            now=now,
+            queued_before=now - timedelta(seconds=stalled_after_s),
+            lapsed_before=now - timedelta(seconds=lapsed_s),
+            limit=limit,
         )
         batches = sorted({op.batch_id for op in stuck if op.batch_id is not None})
         singles = [op.id for op in stuck if op.batch_id is None]
@@ -58,6 +72,59 @@ def requeue_stalled(
         log.warning("operation %s: stalled; sending its task again", op_id)
         send_operation(op_id)
     return batches + singles
+
+
+def retry_handoffs(
+    sessions: sessionmaker[Session],
+    send_operation: Callable[[str], None],
+    send_batch: Callable[[str], None],
+    rebuffer: Callable[[list[Operation]], list[str]],
+    *,
+    now: datetime,
+    limit: int = 1000,
+) -> list[str]:
+    """Hand off again the operations whose hand-off failed at intake; return their ids.
+
+    No grace period: the mark says the hand-off is known to have failed, so
+    nothing else is about to send them. Queued operations get their task (or,
+    flushed into a batch, their batch's task); pending ones are buffered. A
+    send that fails puts the marks of those not yet sent back, for the next pass.
+    """
+    with sessions() as session:
+        taken = handoffs.take_failed(session, now=now, limit=limit)
+        operations_repo.add_logs(
+            session,
+            [
+                {
+                    "operation_id": op.id,
+                    "timestamp": now,
+                    "msg": "queue available again: handing the write off",
+                }
+                for op in taken
+            ],
+        )
+        session.commit()
+    pending = [op for op in taken if op.state == State.PENDING.value]
+    queued = [op for op in taken if op.state != State.PENDING.value]
+    batches = sorted({op.batch_id for op in queued if op.batch_id is not None})
+    singles = [op.id for op in queued if op.batch_id is None]
+    left = [op.id for op in taken]
+    try:
+        rebuffer(pending)
+        left = [op.id for op in queued]
+        for batch_id in batches:
+            send_batch(batch_id)
+        for op_id in singles:
+            send_operation(op_id)
+            left.remove(op_id)
+    except Exception:
+        with sessions() as session:
+            handoffs.mark_failed(session, left, now=now)
+            session.commit()
+        raise
+    if taken:
+        log.warning("handed off %d operations the intake could not", len(taken))
+    return [op.id for op in taken]
 
 
 def expire_overdue(

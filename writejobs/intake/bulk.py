@@ -20,14 +20,9 @@ from writejobs.core.operations import State
 from writejobs.errors import ContractError
 from writejobs.execution.deps import ExecutionDeps
 from writejobs.execution.fetch_guard import FetchFailed, UnsafeUrl, check_url
+from writejobs.intake.handoff import hand_off, recording
 from writejobs.intake.idempotency import KeyClaim, accepted_answer
-from writejobs.intake.write import (
-    Dispatch,
-    EnqueueFailed,
-    WriteTarget,
-    find_installation,
-    new_operation,
-)
+from writejobs.intake.write import Dispatch, WriteTarget, find_installation, new_operation
 from writejobs.providers.salesforce import PROVIDER as SALESFORCE
 from writejobs.store import idempotency_repo, operations_repo
 from writejobs.store.tables import Installation, Operation
@@ -47,13 +42,15 @@ def accept_bulk_upsert(
     claim: KeyClaim | None = None,
 ) -> Operation:
     """Commit the operation (and its inline CSV, and the `claim`'s idempotency key,
-    `done` with the answer), then send its task; the operation.
+    `done` with the answer), then hand its task off; the operation.
 
     Raises `NotFound` for an unknown integration, `ContractError` for an
     installation that is not Salesforce or a `recordsURL` we refuse to fetch,
-    and `EnqueueFailed` when the broker is down (the operation is failed then).
+    and `StoreUnavailable` when the row cannot be committed; Redis being down is
+    no error (see `writejobs.intake.handoff`).
     """
-    installation = find_installation(target, request.group_ref, dispatch.directory)
+    with recording():
+        installation = find_installation(target, request.group_ref, dispatch.directory)
     if installation.provider != SALESFORCE:
         raise ContractError(
             f"bulk CSV upserts go to Salesforce only; this installation is {installation.provider}"
@@ -61,7 +58,7 @@ def accept_bulk_upsert(
     if request.records_url is not None:
         refuse_unsafe_url(request.records_url, deps.settings.allowed_http_hosts)
     op = _new_operation(target, request, installation, deps)
-    with deps.sessions() as session:
+    with recording(), deps.sessions() as session:
         if claim is not None:
             key = claim.row(op.id, op.created_at, accepted_answer(op.id))
             idempotency_repo.insert_keys(session, [key])
@@ -81,21 +78,7 @@ def accept_bulk_upsert(
             session, op.id, "bulk upsert accepted", now=op.created_at, details=details
         )
         session.commit()
-        try:
-            dispatch.send_operation(op.id)
-        except Exception as exc:
-            log.exception("operation %s: could not enqueue", op.id)
-            message = f"could not enqueue the write: {type(exc).__name__}"
-            operations_repo.add_log(session, op.id, message, now=deps.clock(), severity="ERROR")
-            operations_repo.transition(
-                session,
-                op.id,
-                State.FAILED,
-                now=deps.clock(),
-                errors=[message],
-                result_summary=message,
-            )
-            raise EnqueueFailed(message) from exc
+    hand_off(op, dispatch, deps)
     return op
 
 

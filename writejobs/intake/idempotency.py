@@ -14,7 +14,7 @@ The `Idempotency-Key` header of the IETF httpapi draft
 * What is stored is the answer of a write that began to execute: 200s, and the
   422 of a provider that refused every record. Requests refused before an
   operation exists (400, 404, 413) store nothing: fix the request and send it
-  again with the same key. A 5xx (provider unavailable, queue down) frees the
+  again with the same key. A 5xx (provider unavailable) frees the
   key: its operation has failed, and sending again should try again.
 
 The key's row is inserted in the same transaction as its operation (and by
@@ -27,7 +27,7 @@ An asynchronous write's answer (`{operationId}`) is known at commit, so its key
 starts `done`. A synchronous write's key is `in_flight` until the provider has
 answered. If the API process dies in between, the operation is in SQL (and the
 stalled sweep finishes it), but no answer was stored: once the key has been
-`in_flight` longer than the running lease, which no live request outlasts, it
+`in_flight` longer than a synchronous write's lease, which no live request outlasts, it
 is settled with `200 {operationId}` (the asynchronous answer), so the client
 learns the id and polls it, instead of a key blocked for a day.
 """

@@ -19,21 +19,18 @@ from sqlalchemy.orm import Session
 from writejobs.core.contract import WriteRequest, check_target_names
 from writejobs.core.json_input import shown
 from writejobs.core.operations import State
-from writejobs.errors import ContractError, NotFound, ProviderError, WritejobsError
+from writejobs.errors import ContractError, NotFound, ProviderError
 from writejobs.execution.deps import ExecutionDeps
 from writejobs.execution.run import attempt_write, request_items, write_options
-from writejobs.execution.settle import Attempt, settle
+from writejobs.execution.settle import settle
 from writejobs.intake.directory import TenantDirectory
+from writejobs.intake.handoff import hand_off, recording
 from writejobs.intake.idempotency import KeyClaim, accepted_answer
-from writejobs.providers.base import BatchOutcome, RecordResult
+from writejobs.providers.base import BatchOutcome
 from writejobs.store import idempotency_repo, operations_repo
 from writejobs.store.tables import Installation, Operation, Project
 
 log = logging.getLogger(__name__)
-
-
-class EnqueueFailed(WritejobsError):
-    """The broker could not take the task; the operation was failed, not lost silently."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +88,12 @@ def accept_write(
     and a key already taken raises `IntegrityError` with nothing recorded.
 
     Raises `NotFound` for an unknown integration, `ContractError` for a request
-    the installation cannot take, and `EnqueueFailed` when the broker is down.
+    the installation cannot take, and `StoreUnavailable` when the row cannot be
+    committed. Redis being down is no error here: a committed write is accepted
+    and the hand-off sweep sends it later (see `writejobs.intake.handoff`).
     """
-    installation = find_installation(target, request.group_ref, dispatch.directory)
+    with recording():
+        installation = find_installation(target, request.group_ref, dispatch.directory)
     if request.type == "delete" and target.object_name not in installation.deletable_objects:
         raise ContractError(
             f"deletion is not enabled for object {shown(target.object_name)} in this installation"
@@ -113,29 +113,17 @@ def accept_write(
     if not request.is_async:
         keys = [] if claim is None else [claim.row(op.id, op.created_at, None)]
         with deps.sessions() as session:
-            _record_alone(session, op, accepted, keys)
+            with recording():
+                _record_alone(session, op, accepted, keys)
             return _run_inline(session, op, installation, request, deps)
     keys = [] if claim is None else [claim.row(op.id, op.created_at, accepted_answer(op.id))]
-    if dispatch.record is not None:
-        dispatch.record(operations_repo.operation_row(op), [accepted], keys)
-    else:
-        with deps.sessions() as session:
-            _record_alone(session, op, accepted, keys)
-    try:
-        if op.shape == "auto_batch":
-            dispatch.buffer_operation(op)
+    with recording():
+        if dispatch.record is not None:
+            dispatch.record(operations_repo.operation_row(op), [accepted], keys)
         else:
-            dispatch.send_operation(op.id)
-    except Exception as exc:
-        # The client will hear 503 and send again: this operation must not
-        # also run, so it ends failed here rather than lingering.
-        log.exception("operation %s: could not enqueue", op.id)
-        message = f"could not enqueue the write: {type(exc).__name__}"
-        failed = RecordResult(success=False, error=message)
-        attempt = Attempt(dict.fromkeys(range(op.record_count), failed), [message])
-        with deps.sessions() as session:
-            settle(session, op, attempt, now=deps.clock(), may_retry=False, rng=deps.rng)
-        raise EnqueueFailed(message) from exc
+            with deps.sessions() as session:
+                _record_alone(session, op, accepted, keys)
+    hand_off(op, dispatch, deps)
     return Accepted(op)
 
 
@@ -226,7 +214,7 @@ def _new_operation(
         max_delay_s=max_delay_s,
         lease_expires_at=None
         if request.is_async
-        else now + timedelta(seconds=deps.settings.running_lease_s),
+        else now + timedelta(seconds=deps.settings.sync_lease_s),
         last_attempt_at=None if request.is_async else now,
     )
 

@@ -44,6 +44,10 @@ def celery_config(settings: Settings) -> dict[str, object]:
             # Long waits never ride on ETA tasks (see DESIGN.md), so an hour is
             # only the redelivery delay for a task whose worker died silently.
             "visibility_timeout": 3600,
+            # A broker that stops answering fails a publish instead of hanging the
+            # request (kombu's BRPOP waits 1 s at a time, well inside this).
+            "socket_timeout": settings.redis_socket_timeout_s,
+            "socket_connect_timeout": settings.redis_connect_timeout_s,
         },
     }
 

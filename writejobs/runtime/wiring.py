@@ -49,7 +49,11 @@ class Wiring:
 
 def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
     failpoint = Failpoints(settings.failpoints, settings.data_dir)
-    client = redis.Redis.from_url(settings.effective_redis_url)
+    client = redis.Redis.from_url(
+        settings.effective_redis_url,
+        socket_timeout=settings.redis_socket_timeout_s,
+        socket_connect_timeout=settings.redis_connect_timeout_s,
+    )
     sender = create_sender(settings)
     keys = Keys(settings.redis_namespace)
 

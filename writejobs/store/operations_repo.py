@@ -305,11 +305,23 @@ def stale_pending(session: Session, *, older_than: datetime, limit: int) -> list
 
 
 def stalled(
-    session: Session, *, now: datetime, queued_before: datetime, limit: int
+    session: Session,
+    *,
+    now: datetime,
+    queued_before: datetime,
+    limit: int,
+    lapsed_before: datetime | None = None,
 ) -> list[Operation]:
     """Operations whose task may be lost, untouched since `queued_before`: queued,
     running under a lease that lapsed (the worker holding it died), or retrying
-    long past their time (the scheduler that released the wait died)."""
+    long past their time (the scheduler that released the wait died).
+
+    An asynchronous operation's lease is kept alive by its worker's heartbeat
+    (`store.leases`), so a lapsed one means a dead worker: it counts once it is
+    untouched since `lapsed_before` (a lease ago), not `queued_before`. A
+    synchronous write's lease is not renewed (the API holds it for one call),
+    so it keeps the long wait."""
+    lapsed_before = lapsed_before or queued_before
     statement = (
         select(Operation)
         .where(
@@ -318,6 +330,13 @@ def stalled(
                 and_(
                     Operation.state == State.RUNNING.value,
                     Operation.lease_expires_at < now,
+                    Operation.mode != "synchronous",
+                    Operation.updated_at < lapsed_before,
+                ),
+                and_(
+                    Operation.state == State.RUNNING.value,
+                    Operation.lease_expires_at < now,
+                    Operation.mode == "synchronous",
                     Operation.updated_at < queued_before,
                 ),
                 and_(

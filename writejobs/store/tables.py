@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -109,6 +110,13 @@ class Operation(Base):
             "created_at",
             "id",
         ),
+        # Only the few operations whose hand-off failed are in it (see store.handoffs).
+        Index(
+            "ix_operations_handoff_failed",
+            "handoff_failed_at",
+            postgresql_where=text("handoff_failed_at IS NOT NULL"),
+            sqlite_where=text("handoff_failed_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -145,6 +153,9 @@ class Operation(Base):
     # The provider's own job for a bulk write (a Salesforce ingest job id), kept so a
     # repeated attempt follows the job that is running instead of starting another.
     provider_job_id: Mapped[str | None] = mapped_column(String(100), default=None)
+    # When the intake could not hand the committed operation to Redis (its task not
+    # sent, or its buffer append failed); the hand-off sweep sends it and clears this.
+    handoff_failed_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
