@@ -17,7 +17,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import redis
@@ -82,6 +82,7 @@ def pending_operation() -> str:
         state="pending",
         created_at=now,
         updated_at=now,
+        deadline_at=now + timedelta(hours=1),
     )
     with sessions() as session:  # type: ignore[operator]
         operations_repo.insert_operation(session, op)

@@ -2,17 +2,21 @@
 
     WritejobsError
     ├── ContractError            a request the contract refuses (maps to 400 text/plain)
+    │   └── CsvRejected          a bulk CSV that breaks the bulk rules (CRLF, no primaryKey)
     ├── NotFound                 an id unknown to, or foreign to, the caller's project
-    ├── CredentialsUnreadable    stored credentials this process's key cannot decrypt
-    ├── InvalidTransition        a state change another delivery got to first
-    ├── DeadlineExceeded         no time is left to try again
     ├── StoreUnavailable         SQL could not record an accepted write (maps to 503)
+    ├── CredentialsUnreadable    stored credentials this process has no key for
+    ├── UnsafeUrl                a recordsURL (or a redirect) we refuse to fetch
+    ├── FetchFailed              the fetch of a safe recordsURL went wrong
+    ├── LeaseLost                an attempt's operation was taken from it (the watchdog ended it)
+    ├── WriteCrashed             our own code raised during a write; the message is sanitized
     └── ProviderError            a whole provider call failed
         ├── RetryableProviderError   connection errors, timeouts, 408, 429, 5xx, throttles
         └── PermanentProviderError   any other 4xx: trying again cannot help
 
 Adapters translate `httpx` errors into `ProviderError`s at their boundary, so no
-other module needs to know the HTTP details of a provider.
+other module needs to know the HTTP details of a provider. A record the provider
+refuses is data in the results, not an exception.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ class ContractError(WritejobsError):
     """The request breaks the API contract; the message names the field."""
 
 
+class CsvRejected(ContractError):
+    """A CSV that breaks the bulk rules (CRLF line endings, no `primaryKey` column)."""
+
+
 class NotFound(WritejobsError):
     """The thing asked for does not exist in the caller's project."""
 
@@ -37,12 +45,43 @@ class CredentialsUnreadable(WritejobsError):
     """
 
 
-class InvalidTransition(WritejobsError):
-    """An operation was not in a state that allows the requested move."""
+class UnsafeUrl(WritejobsError):
+    """A `recordsURL` (or a redirect it led to) that we refuse to send a request to."""
 
 
-class DeadlineExceeded(WritejobsError):
-    """The operation's deadline passed before it could finish."""
+class FetchFailed(WritejobsError):
+    """The fetch of a safe `recordsURL` went wrong: unreachable, a non-2xx, or too large.
+
+    `retryable` says whether the same fetch may work later (a timeout, a 5xx).
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+
+
+class LeaseLost(WritejobsError):
+    """The operation is no longer this attempt's (the watchdog ended it): stop quietly."""
+
+
+class WriteCrashed(WritejobsError):
+    """Our own code raised while writing (a bug, not the provider).
+
+    The message is the exception's type and a fixed text, never its str or repr:
+    those may carry a record's values (a `UnicodeEncodeError` holds the whole
+    string it could not encode), and this message reaches logs, Flower and the
+    operation's errors.
+    """
+
+    def __init__(self, exception_type: str) -> None:
+        self.exception_type = exception_type
+        self.message = f"internal error ({exception_type}); the write was not completed"
+        super().__init__(self.message)
+
+    @classmethod
+    def of(cls, exc: BaseException) -> WriteCrashed:
+        return cls(type(exc).__name__)
 
 
 class StoreUnavailable(WritejobsError):

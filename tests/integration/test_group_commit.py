@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -51,6 +52,7 @@ def operation(tenant: Tenant, op_id: str | None = None) -> dict[str, Any]:
         "state": "queued",
         "created_at": now,
         "updated_at": now,
+        "deadline_at": now + timedelta(hours=1),
     }
 
 

@@ -10,11 +10,10 @@ import pytest
 from writejobs.core.bulk_contract import (
     MAX_HEADER_BYTES,
     MAX_INLINE_CSV_BYTES,
-    CsvRejected,
     checked_csv,
     parse_bulk_request,
 )
-from writejobs.errors import ContractError
+from writejobs.errors import ContractError, CsvRejected
 
 CSV = "External_Id__c,LastName,Email\next-1,Lovelace,ada@example.com\n"
 

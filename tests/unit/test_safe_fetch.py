@@ -17,7 +17,8 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.support.servers import serve_in_thread
-from writejobs.execution.fetch_guard import FetchFailed, UnsafeUrl, open_csv_url, refused_kind
+from writejobs.errors import FetchFailed, UnsafeUrl
+from writejobs.execution.fetch_guard import open_csv_url, refused_kind
 
 LOOPBACK = frozenset({"127.0.0.1"})
 MiB = 1024 * 1024

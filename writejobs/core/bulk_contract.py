@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from writejobs.core.contract import MAX_GROUP_REF_CHARS
 from writejobs.core.json_input import load_json, shown
-from writejobs.errors import ContractError
+from writejobs.errors import ContractError, CsvRejected
 
 MAX_INLINE_CSV_BYTES = 10 * 1024 * 1024
 MAX_URL_CSV_BYTES = 150 * 1024 * 1024
@@ -32,10 +32,6 @@ CRLF_MESSAGE = (
     "uses CRLF (\\r\\n) line endings; bulk upserts take LF (\\n) line endings only: "
     "convert the file (for example `dos2unix`) and send it again"
 )
-
-
-class CsvRejected(ContractError):
-    """A CSV that breaks the bulk rules (CRLF line endings, no `primaryKey` column)."""
 
 
 class BulkUpsertRequest(BaseModel):

@@ -1,9 +1,10 @@
 """The write API's contract as pydantic models, and its validation rules.
 
-Models mirror `WriteRequest` and the response schemas of the contract's
-`api/write.yaml`. `parse_write_request` is the one entry point: it turns raw
-JSON bytes into a `WriteRequest` or raises `ContractError` with a one-line
-message naming the field, which the API answers as 400 text/plain.
+The models mirror the contract's `WriteRequest` (`api/write.yaml`); the
+responses are shaped in one place, `api_shim.views`. `parse_write_request` is
+the one entry point: it turns raw JSON bytes into a `WriteRequest` or raises
+`ContractError` with a one-line message naming the field, which the API
+answers as 400 text/plain.
 """
 
 from __future__ import annotations
@@ -84,18 +85,6 @@ class WriteRequest(_Lenient):
     @property
     def all_or_none(self) -> bool:
         return self.batch_policy.all_or_none if self.batch_policy else False
-
-
-class WriteResult(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    success: bool
-    recordId: str | None = None  # noqa: N815 - the contract's field name
-    data: dict[str, Any] | None = None
-
-
-class ErrorMessage(BaseModel):
-    message: str
 
 
 def parse_write_request(body: bytes) -> WriteRequest:

@@ -12,8 +12,11 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 
+from sqlalchemy.orm import Session
+
 from writejobs.core.contract import WriteRequest
 from writejobs.core.operations import State
+from writejobs.execution.crash import end_crashed, is_transient
 from writejobs.execution.deps import ExecutionDeps
 from writejobs.execution.repeats import natural_key, note_takeover
 from writejobs.execution.run import (
@@ -24,6 +27,7 @@ from writejobs.execution.run import (
 from writejobs.execution.settle import Attempt, settle
 from writejobs.providers.base import WriteItem, WriteOptions
 from writejobs.store import operations_repo, tenants_repo
+from writejobs.store.tables import Operation
 
 log = logging.getLogger(__name__)
 
@@ -43,70 +47,86 @@ def run_batch(
         taken = operations_repo.take_batch(
             session, batch_id, now=now, lease_s=deps.settings.running_lease_s
         )
+        session.commit()
         if not taken:
             log.info("batch %s: nothing to do (members finished, waiting or held)", batch_id)
             return {}
-        log.info("batch %s: attempt started with %d member(s)", batch_id, len(taken))
-        if on_start is not None:
-            on_start(batch_id)
-        operations_repo.add_logs(
-            session,
-            [
-                {
-                    "operation_id": op.id,
-                    "timestamp": now,
-                    "msg": "attempt started",
-                    "details": {
-                        "attempt": op.attempts,
-                        "batch_id": batch_id,
-                        "batch_size": len(taken),
-                    },
-                }
-                for op in taken
-            ],
-        )
-        session.commit()
-        first = taken[0]
-        installation = tenants_repo.get_installation(session, first.installation_id)
-        assert installation is not None
-        items: dict[int, WriteItem] = {
-            index: request_items(WriteRequest.model_validate(op.request))[0]
-            for index, op in enumerate(taken)
-        }
-        key = natural_key(installation, first.object_name)
-        for index, op in enumerate(taken):
-            if op.id in held:
-                note_takeover(
-                    session,
-                    op,
-                    [items[index]],
-                    provider=installation.provider,
-                    key=key,
-                    recorder=deps.recorder,
-                    now=now,
-                )
-        session.commit()
-        options = WriteOptions(natural_key=key)
-        attempt = attempt_write(deps, installation, first, options, items, single=False)
-        deps.failpoint("batch.after_provider_call")
-        now = deps.clock()
-        counts: dict[str, int] = {}
-        waiting: dict[str, datetime] = {}
-        for index, op in enumerate(taken):
-            member = Attempt(
-                {0: attempt.results[index]}, list(attempt.errors), attempt.retry_after_s
+        try:
+            return _write_members(session, batch_id, taken, held, deps, on_start)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            ids = [op.id for op in taken]
+            raise end_crashed(session, ids, exc, now=deps.clock()) from None
+
+
+def _write_members(
+    session: Session,
+    batch_id: str,
+    taken: list[Operation],
+    held: set[str],
+    deps: ExecutionDeps,
+    on_start: Callable[[str], None] | None,
+) -> dict[str, int]:
+    """One provider call for the members this delivery took, each settled on its own."""
+    now = deps.clock()
+    log.info("batch %s: attempt started with %d member(s)", batch_id, len(taken))
+    if on_start is not None:
+        on_start(batch_id)
+    operations_repo.add_logs(
+        session,
+        [
+            {
+                "operation_id": op.id,
+                "timestamp": now,
+                "msg": "attempt started",
+                "details": {
+                    "attempt": op.attempts,
+                    "batch_id": batch_id,
+                    "batch_size": len(taken),
+                },
+            }
+            for op in taken
+        ],
+    )
+    session.commit()
+    first = taken[0]
+    installation = tenants_repo.get_installation(session, first.installation_id)
+    assert installation is not None
+    items: dict[int, WriteItem] = {
+        index: request_items(WriteRequest.model_validate(op.request))[0]
+        for index, op in enumerate(taken)
+    }
+    key = natural_key(installation, first.object_name)
+    for index, op in enumerate(taken):
+        if op.id in held:
+            note_takeover(
+                session,
+                op,
+                [items[index]],
+                provider=installation.provider,
+                key=key,
+                recorder=deps.recorder,
+                now=now,
             )
-            member = claim_own_duplicates(session, op, member, now)
-            settled = settle(
-                session, op, member, now=now, may_retry=True, rng=deps.rng, commit=False
-            )
-            counts[settled.state.value] = counts.get(settled.state.value, 0) + 1
-            if settled.state is State.RETRYING and settled.next_attempt_at is not None:
-                waiting[op.id] = settled.next_attempt_at
-        session.commit()
-        if waiting:
-            _wait_as_retry_batch(deps, batch_id, waiting)
-        return counts
+    session.commit()
+    options = WriteOptions(natural_key=key)
+    attempt = attempt_write(deps, installation, first, options, items, single=False)
+    deps.failpoint("batch.after_provider_call")
+    now = deps.clock()
+    counts: dict[str, int] = {}
+    waiting: dict[str, datetime] = {}
+    for index, op in enumerate(taken):
+        member = Attempt({0: attempt.results[index]}, list(attempt.errors), attempt.retry_after_s)
+        member = claim_own_duplicates(session, op, member, now)
+        settled = settle(session, op, member, now=now, may_retry=True, rng=deps.rng)
+        counts[settled.state.value] = counts.get(settled.state.value, 0) + 1
+        if settled.state is State.RETRYING and settled.next_attempt_at is not None:
+            waiting[op.id] = settled.next_attempt_at
+    session.commit()
+    if waiting:
+        _wait_as_retry_batch(deps, batch_id, waiting)
+    return counts
 
 
 def _wait_as_retry_batch(deps: ExecutionDeps, batch_id: str, waiting: dict[str, datetime]) -> None:

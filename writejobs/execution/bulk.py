@@ -14,10 +14,9 @@ whole upload is aborted and started afresh (an upsert by key writes the same
 result twice, so starting again is safe). A failed upload aborts its job: a
 half-sent CSV is never handed to Salesforce.
 
-The outcome comes from the job's counters; the refused rows (first
-`MAX_ROW_LOGS` of them) become log lines with Salesforce's message and the row's
-`primaryKey` value, which is how the caller finds them in their file; the
-written rows (`successfulResults`) are counted into created and updated.
+The outcome comes from the job's counters, fed into the same settle path as
+every other write (`writejobs.execution.settle`); the job's rows are logged
+and counted by `writejobs.execution.bulk_rows`.
 """
 
 from __future__ import annotations
@@ -30,18 +29,22 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from writejobs.clock import as_utc, iso
-from writejobs.core.bulk_contract import (
-    MAX_URL_CSV_BYTES,
+from writejobs.clock import as_utc
+from writejobs.core.bulk_contract import MAX_URL_CSV_BYTES, StoredBulkRequest, checked_csv
+from writejobs.core.operations import State
+from writejobs.errors import (
     CsvRejected,
-    StoredBulkRequest,
-    checked_csv,
+    FetchFailed,
+    LeaseLost,
+    PermanentProviderError,
+    ProviderError,
+    UnsafeUrl,
 )
-from writejobs.core.operations import State, outcome_state
-from writejobs.core.retry import next_attempt_at
-from writejobs.errors import PermanentProviderError, ProviderError
+from writejobs.execution.bulk_rows import log_failed_rows, log_written_rows
 from writejobs.execution.deps import ExecutionDeps
-from writejobs.execution.fetch_guard import FetchFailed, UnsafeUrl, open_csv_url
+from writejobs.execution.fetch_guard import open_csv_url
+from writejobs.execution.lease import LeaseKeeper
+from writejobs.execution.settle import Tally, conclude, decide, expiry_message
 from writejobs.providers.salesforce_bulk import JobStatus, SalesforceBulkIngest
 from writejobs.store import operations_repo, tenants_repo
 from writejobs.store.tables import Operation
@@ -51,15 +54,7 @@ log = logging.getLogger(__name__)
 # Polling pauses: short at first (small jobs finish in seconds), doubling to a cap.
 FIRST_POLL_S = 0.5
 MAX_POLL_S = 10.0
-# Failed rows logged one by one; the rest are counted, and left in Salesforce's results.
-MAX_ROW_LOGS = 1000
-# Failed rows also named in the operation's `errors` (the view stays readable).
-MAX_ERRORS = 100
 INLINE_CHUNK_BYTES = 1024 * 1024
-
-
-class LeaseLost(Exception):
-    """The operation is no longer this attempt's (the watchdog ended it): stop quietly."""
 
 
 def run_bulk_attempt(session: Session, op: Operation, deps: ExecutionDeps) -> State | None:
@@ -78,7 +73,7 @@ def run_bulk_attempt(session: Session, op: Operation, deps: ExecutionDeps) -> St
         details={"attempt": op.attempts, "job": op.provider_job_id or "new"},
     )
     session.commit()
-    lease = _LeaseKeeper(session, op.id, deps)
+    lease = LeaseKeeper(session, op.id, deps)
     try:
         with deps.open_bulk(installation, deps.settings) as ingest:
             status = _resume(session, op, ingest, deps) or _start(
@@ -137,6 +132,7 @@ def _resume(
         severity="WARNING",
     )
     operations_repo.set_provider_job(session, op.id, None)
+    session.commit()
     return None
 
 
@@ -146,13 +142,14 @@ def _start(
     request: StoredBulkRequest,
     ingest: SalesforceBulkIngest,
     deps: ExecutionDeps,
-    lease: _LeaseKeeper,
+    lease: LeaseKeeper,
 ) -> JobStatus:
     """Open the CSV, then a job; stream one into the other and close the job."""
     source = "recordsURL" if request.records_url is not None else "recordsCSV"
     with _open_csv(session, op, request, deps) as chunks:
         job_id = ingest.create_upsert_job(op.object_name, request.primary_key)
         operations_repo.set_provider_job(session, op.id, job_id)
+        session.commit()
         try:
             checked = checked_csv(chunks, request.primary_key, source=source)
             ingest.upload(job_id, lease.paced(checked))
@@ -197,7 +194,7 @@ def _wait(
     status: JobStatus,
     op: Operation,
     deps: ExecutionDeps,
-    lease: _LeaseKeeper,
+    lease: LeaseKeeper,
 ) -> JobStatus:
     """Poll until the job is done, or return it unfinished when the deadline comes."""
     assert op.deadline_at is not None
@@ -222,131 +219,31 @@ def _finish(
     status: JobStatus,
     deps: ExecutionDeps,
 ) -> State:
-    now = deps.clock()
     failed = status.records_failed
     written = max(0, status.records_processed - failed)
     job = status.job_id
-    errors = _log_failed_rows(session, op, ingest, job, request.primary_key, deps) if failed else []
+    errors = log_failed_rows(session, op, ingest, job, request.primary_key, deps) if failed else []
     if written:
-        _log_written_rows(session, op, ingest, job, deps)
-    if status.state == "JobComplete":
-        state = outcome_state(written, failed)
+        log_written_rows(session, op, ingest, job, deps)
+    complete = status.state == "JobComplete"
+    if complete:
         summary = f"[{op.object_name}] Bulk upsert completed ({written} succeeded, {failed} failed)"
     else:
-        state = State.FAILED
         message = status.error_message or f"Salesforce job {job} ended {status.state}"
         errors.insert(0, message)
         summary = f"[{op.object_name}] Bulk upsert failed: {message} ({written} rows written)"
-    operations_repo.add_log(
+    state = _settle(
         session,
-        op.id,
-        f"write finished: {state.value}",
-        now=now,
-        severity="INFO" if state is State.SUCCEEDED else "WARNING",
-        details={"succeeded": written, "failed": failed, "job": job, "job_state": status.state},
-    )
-    operations_repo.delete_payload(session, op.id)
-    operations_repo.transition(
-        session,
-        op.id,
-        state,
-        now=now,
+        op,
+        Tally(written, failed, failed_whole=not complete),
+        deps,
+        summary=summary,
+        errors=errors,
+        details={"job": job, "job_state": status.state},
         record_count=status.records_processed,
-        success_count=written,
-        failure_count=failed,
-        errors=errors or None,
-        result_summary=summary,
-        next_attempt_at=None,
     )
     log.info("operation %s: %s (%d written, %d failed)", op.id, state.value, written, failed)
     return state
-
-
-def _log_failed_rows(
-    session: Session,
-    op: Operation,
-    ingest: SalesforceBulkIngest,
-    job_id: str,
-    primary_key: str,
-    deps: ExecutionDeps,
-) -> list[str]:
-    """One log line per refused row, up to `MAX_ROW_LOGS`; the first `MAX_ERRORS` messages."""
-    now = deps.clock()
-    rows: list[dict[str, Any]] = []
-    errors: list[str] = []
-    refused = 0
-    for row in ingest.iter_failed_results(job_id):
-        refused += 1
-        if refused > MAX_ROW_LOGS:
-            continue
-        key = _value_of(row, primary_key)
-        message = row.get("sf__Error", "") or "refused without a message"
-        rows.append(
-            {
-                "operation_id": op.id,
-                "timestamp": now,
-                "severity": "ERROR",
-                "msg": "row failed",
-                "error": message,
-                "details": {primary_key: key, "sf__Id": row.get("sf__Id", "")},
-            }
-        )
-        if len(errors) < MAX_ERRORS:
-            errors.append(f"{primary_key} {key}: {message}")
-    if refused > MAX_ROW_LOGS:
-        rows.append(
-            {
-                "operation_id": op.id,
-                "timestamp": now,
-                "severity": "WARNING",
-                "msg": f"{refused - MAX_ROW_LOGS} more failed rows are not logged: "
-                f"read them from Salesforce job {job_id}'s failedResults",
-            }
-        )
-    operations_repo.add_logs(session, rows)
-    return errors
-
-
-def _log_written_rows(
-    session: Session,
-    op: Operation,
-    ingest: SalesforceBulkIngest,
-    job_id: str,
-    deps: ExecutionDeps,
-) -> None:
-    """How many written rows created a record and how many updated one (`successfulResults`).
-
-    Only counted, never kept: the job may have written a million rows. The counters
-    already say how many were written, so a failed read costs this line, not the write.
-    """
-    created = updated = 0
-    try:
-        for row in ingest.iter_successful_results(job_id):
-            if row.get("sf__Created", "").lower() == "true":
-                created += 1
-            else:
-                updated += 1
-    except ProviderError as exc:
-        operations_repo.add_log(
-            session,
-            op.id,
-            "could not read which rows were created",
-            now=deps.clock(),
-            severity="WARNING",
-            error=exc.message,
-        )
-        return
-    operations_repo.add_log(
-        session,
-        op.id,
-        f"rows written: {created} created, {updated} updated",
-        now=deps.clock(),
-        details={"created": created, "updated": updated, "job": job_id},
-    )
-
-
-def _value_of(row: dict[str, Any], column: str) -> str:
-    return next((str(v) for k, v in row.items() if k.lower() == column.lower()), "")
 
 
 def _retry_or_expire(
@@ -356,64 +253,17 @@ def _retry_or_expire(
     retry_after_s: float | None,
     deps: ExecutionDeps,
 ) -> State:
-    now = deps.clock()
-    assert op.deadline_at is not None
-    failures = op.backoff_failures + (0 if retry_after_s is not None else 1)
-    at = next_attempt_at(failures, now, as_utc(op.deadline_at), retry_after_s, deps.rng)
-    if at is None:
-        return _expire(session, op, message, deps, None)
-    operations_repo.add_log(
-        session,
-        op.id,
-        f"retrying at {iso(at)}",
-        now=now,
-        severity="WARNING",
-        error=message,
-        details={"delay_s": round((at - now).total_seconds(), 3), "attempt": op.attempts},
-    )
-    operations_repo.transition(
-        session,
-        op.id,
-        State.RETRYING,
-        now=now,
-        next_attempt_at=at,
-        backoff_failures=failures,
-        last_error=message,
-        result_summary=f"[{op.object_name}] Retrying: {message}",
-    )
-    deps.schedule_retry("op", op.id, at)
-    return State.RETRYING
+    tally = Tally(0, 0, retryable=1, retry_after_s=retry_after_s, last_error=message)
+    return _settle(session, op, tally, deps)
 
 
 def _expire(
-    session: Session, op: Operation, why: str, deps: ExecutionDeps, status: JobStatus | None
+    session: Session, op: Operation, why: str, deps: ExecutionDeps, status: JobStatus
 ) -> State:
-    now = deps.clock()
-    message = f"deadline exceeded; {why}"
-    written = 0 if status is None else max(0, status.records_processed - status.records_failed)
-    operations_repo.add_log(
-        session,
-        op.id,
-        "deadline exceeded",
-        now=now,
-        severity="ERROR",
-        error=why,
-        details={"rows_written": written},
-    )
-    operations_repo.delete_payload(session, op.id)
-    operations_repo.transition(
-        session,
-        op.id,
-        State.EXPIRED,
-        now=now,
-        errors=[message],
-        success_count=written,
-        failure_count=0 if status is None else status.records_failed,
-        last_error=why,
-        result_summary=f"[{op.object_name}] {message}",
-        next_attempt_at=None,
-    )
-    return State.EXPIRED
+    """The deadline came while Salesforce was still working through the job."""
+    written = max(0, status.records_processed - status.records_failed)
+    tally = Tally(written, status.records_failed, retryable=1, last_error=why)
+    return _settle(session, op, tally, deps, expired=True)
 
 
 def _fail(
@@ -424,35 +274,60 @@ def _fail(
     *,
     status_code: int | None = None,
 ) -> State:
-    now = deps.clock()
     operations_repo.add_log(
         session,
         op.id,
         "bulk upsert failed",
-        now=now,
+        now=deps.clock(),
         severity="ERROR",
         error=message,
         details={"http_status": status_code or "none"},
     )
-    operations_repo.delete_payload(session, op.id)
-    operations_repo.transition(
+    tally = Tally(0, 0, last_error=message, failed_whole=True)
+    summary = f"[{op.object_name}] Bulk upsert failed: {message}"
+    return _settle(session, op, tally, deps, summary=summary, errors=[message])
+
+
+def _settle(
+    session: Session,
+    op: Operation,
+    tally: Tally,
+    deps: ExecutionDeps,
+    *,
+    summary: str | None = None,
+    errors: list[str] | None = None,
+    details: dict[str, Any] | None = None,
+    **fields: Any,
+) -> State:
+    """Hand the job's counts to the one settle path (`decide`, `conclude`), and commit."""
+    now = deps.clock()
+    settled = decide(op, tally, now=now, may_retry=True, rng=deps.rng)
+    if settled.state is State.EXPIRED:
+        message = expiry_message(tally.last_error)
+        summary, errors = f"[{op.object_name}] {message}", [message]
+    conclude(
         session,
-        op.id,
-        State.FAILED,
+        op,
+        settled,
+        tally,
         now=now,
-        errors=[message],
-        last_error=message,
-        result_summary=f"[{op.object_name}] Bulk upsert failed: {message}",
-        next_attempt_at=None,
+        summary=summary,
+        errors=errors,
+        details=details,
+        **fields,
     )
-    log.info("operation %s: failed", op.id)
-    return State.FAILED
+    session.commit()
+    if settled.state is State.RETRYING:
+        assert settled.next_attempt_at is not None
+        deps.schedule_retry("op", op.id, settled.next_attempt_at)
+    return settled.state
 
 
 def _abandon(session: Session, op: Operation, ingest: SalesforceBulkIngest, job_id: str) -> None:
     """Abort a job whose upload did not finish, and forget it."""
     _abort_quietly(ingest, job_id)
     operations_repo.set_provider_job(session, op.id, None)
+    session.commit()
 
 
 def _abort_quietly(ingest: SalesforceBulkIngest, job_id: str) -> None:
@@ -461,33 +336,3 @@ def _abort_quietly(ingest: SalesforceBulkIngest, job_id: str) -> None:
         ingest.abort(job_id)
     except ProviderError as exc:
         log.warning("could not abort Salesforce job %s: %s", job_id, exc.message)
-
-
-class _LeaseKeeper:
-    """Keeps a long attempt's lease (a big upload, a long poll) from lapsing under it."""
-
-    def __init__(self, session: Session, operation_id: str, deps: ExecutionDeps) -> None:
-        self._session = session
-        self._operation_id = operation_id
-        self._deps = deps
-        self._every_s = deps.settings.running_lease_s / 3
-        self._last = time.monotonic()
-        self.bytes_sent = 0
-
-    def renew(self, *, force: bool = False) -> None:
-        """Extend the lease if a third of it has gone by (or `force`); `LeaseLost` if taken."""
-        if not force and time.monotonic() - self._last < self._every_s:
-            return
-        lease_s = self._deps.settings.running_lease_s
-        if not operations_repo.renew_lease(
-            self._session, self._operation_id, now=self._deps.clock(), lease_s=lease_s
-        ):
-            raise LeaseLost(self._operation_id)
-        self._last = time.monotonic()
-
-    def paced(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
-        """`chunks`, counted, renewing the lease as they go."""
-        for chunk in chunks:
-            self.bytes_sent += len(chunk)
-            self.renew()
-            yield chunk

@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from writejobs.errors import WritejobsError
+from writejobs.errors import FetchFailed, UnsafeUrl
 
 MAX_REDIRECTS = 5
 # Long enough for a slow file host between two chunks; `total_timeout_s` bounds the whole.
@@ -36,22 +36,6 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _RETRYABLE_STATUSES = frozenset({408, 429})
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class UnsafeUrl(WritejobsError):
-    """A `recordsURL` (or a redirect it led to) that we refuse to send a request to."""
-
-
-class FetchFailed(WritejobsError):
-    """The fetch of a safe `recordsURL` went wrong: unreachable, a non-2xx, or too large.
-
-    `retryable` says whether the same fetch may work later (a timeout, a 5xx).
-    """
-
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retryable = retryable
 
 
 @contextmanager

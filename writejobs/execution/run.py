@@ -18,6 +18,7 @@ from writejobs.core.contract import WriteRequest
 from writejobs.core.operations import State
 from writejobs.errors import ProviderError
 from writejobs.execution.bulk import run_bulk_attempt
+from writejobs.execution.crash import end_crashed, is_transient
 from writejobs.execution.deps import ExecutionDeps
 from writejobs.execution.repeats import natural_key, note_takeover
 from writejobs.execution.settle import Attempt, indices_to_try, settle
@@ -102,6 +103,7 @@ def start_attempt(session: Session, op: Operation, deps: ExecutionDeps, now: dat
         attempts=op.attempts + 1,
         last_attempt_at=now,
     )
+    session.commit()
     if moved:
         session.refresh(op)
         log.info("operation %s: attempt %d started", op.id, op.attempts)
@@ -113,59 +115,78 @@ def run_operation(operation_id: str, deps: ExecutionDeps) -> State | None:
 
     Returns the state it settled in, or None when another delivery holds the
     operation, its wait is not over, or it already finished: a redelivered task
-    must not write again.
+    must not write again. A synchronous write is never run here: it had its one
+    attempt in its request. If our own code raises during the attempt, the
+    operation ends `failed` and a sanitized `WriteCrashed` is raised instead
+    (see `execution.crash`).
     """
     with deps.sessions() as session:
         op = operations_repo.get_operation(session, operation_id)
         if op is None:
             log.warning("operation %s: not found", operation_id)
             return None
+        if op.mode == "synchronous":
+            log.warning("operation %s: synchronous, never run by a worker", operation_id)
+            return None
         # Running under a lapsed lease: a previous attempt may have reached the provider.
         taken_over = op.state == State.RUNNING.value
         if not start_attempt(session, op, deps, deps.clock()):
             return None
-        if op.shape == "bulk":
-            return run_bulk_attempt(session, op, deps)
-        request = WriteRequest.model_validate(op.request)
-        indices = indices_to_try(op, all_or_none=request.all_or_none)
-        all_items = request_items(request)
-        operations_repo.add_log(
+        try:
+            if op.shape == "bulk":
+                return run_bulk_attempt(session, op, deps)
+            return _run_records(session, op, deps, taken_over=taken_over)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            raise end_crashed(session, [op.id], exc, now=deps.clock()) from None
+
+
+def _run_records(
+    session: Session, op: Operation, deps: ExecutionDeps, *, taken_over: bool
+) -> State:
+    """One attempt of a single-record or explicit-batch write that is now `running`."""
+    request = WriteRequest.model_validate(op.request)
+    indices = indices_to_try(op, all_or_none=request.all_or_none)
+    all_items = request_items(request)
+    operations_repo.add_log(
+        session,
+        op.id,
+        "attempt started",
+        now=deps.clock(),
+        details={"attempt": op.attempts, "records": len(indices)},
+    )
+    session.commit()
+    installation = tenants_repo.get_installation(session, op.installation_id)
+    assert installation is not None
+    if taken_over:
+        note_takeover(
             session,
-            op.id,
-            "attempt started",
+            op,
+            [all_items[i] for i in indices],
+            provider=installation.provider,
+            key=natural_key(installation, op.object_name),
+            recorder=deps.recorder,
             now=deps.clock(),
-            details={"attempt": op.attempts, "records": len(indices)},
         )
         session.commit()
-        installation = tenants_repo.get_installation(session, op.installation_id)
-        assert installation is not None
-        if taken_over:
-            note_takeover(
-                session,
-                op,
-                [all_items[i] for i in indices],
-                provider=installation.provider,
-                key=natural_key(installation, op.object_name),
-                recorder=deps.recorder,
-                now=deps.clock(),
-            )
-            session.commit()
-        attempt = attempt_write(
-            deps,
-            installation,
-            op,
-            write_options(request),
-            {i: all_items[i] for i in indices},
-            single=request.batch is None,
-        )
-        deps.failpoint("operation.after_provider_call")
-        now = deps.clock()
-        attempt = claim_own_duplicates(session, op, attempt, now)
-        settled = settle(session, op, attempt, now=now, may_retry=True, rng=deps.rng)
-        if settled.state is State.RETRYING:
-            assert settled.next_attempt_at is not None
-            deps.schedule_retry("op", op.id, settled.next_attempt_at)
-        return settled.state
+    attempt = attempt_write(
+        deps,
+        installation,
+        op,
+        write_options(request),
+        {i: all_items[i] for i in indices},
+        single=request.batch is None,
+    )
+    deps.failpoint("operation.after_provider_call")
+    now = deps.clock()
+    attempt = claim_own_duplicates(session, op, attempt, now)
+    settled = settle(session, op, attempt, now=now, may_retry=True, rng=deps.rng)
+    session.commit()
+    if settled.state is State.RETRYING:
+        assert settled.next_attempt_at is not None
+        deps.schedule_retry("op", op.id, settled.next_attempt_at)
+    return settled.state
 
 
 def claim_own_duplicates(

@@ -1,12 +1,18 @@
-"""What an attempt's results mean for an operation: done, try again, or out of time.
+"""Settling an attempt: what its results mean for the operation, decided and written once.
 
-An operation keeps one result row per record, in input order. After each
-attempt the new results are merged in, and `settle` decides:
+Every attempt of every write ends here. `decide` turns the attempt's counts (a
+`Tally`) into what comes next, and `conclude` writes that: the log lines that
+tell it and the compare-and-set move. A record-by-record write (single, batch,
+auto-batch member) gets there through `settle`, which keeps one result row per
+record, in input order, and merges each attempt's results in; a bulk job feeds
+its job's counters straight to `decide` and `conclude` (`execution.bulk`).
 
 * no record left that failed retryably → the terminal state its counts give;
 * some left, and the retry policy finds a time before the deadline → `retrying`;
 * some left and no time → `expired`, each such record failed with
   "deadline exceeded" and the last provider error.
+
+Nothing here commits: the caller owns the transaction.
 """
 
 from __future__ import annotations
@@ -42,9 +48,29 @@ class Attempt:
 
 
 @dataclass(frozen=True, slots=True)
+class Tally:
+    """An attempt's outcome in counts: all that deciding what comes next needs.
+
+    `retryable` counts the failed records another attempt may still write (for a
+    bulk write, 1: the job); `failed_whole` ends the write failed whatever the
+    counts say (a job Salesforce failed, a CSV we refused).
+    """
+
+    succeeded: int
+    failed: int
+    retryable: int = 0
+    retry_after_s: float | None = None
+    last_error: str | None = None
+    failed_whole: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Settled:
+    """What comes next for an operation; `next_attempt_at` and `backoff_failures` when retrying."""
+
     state: State
     next_attempt_at: datetime | None = None
+    backoff_failures: int | None = None
 
 
 def result_row(result: RecordResult) -> dict[str, Any]:
@@ -73,6 +99,120 @@ def indices_to_try(op: Operation, *, all_or_none: bool) -> list[int]:
     return retry
 
 
+def decide(
+    op: Operation, tally: Tally, *, now: datetime, may_retry: bool, rng: random.Random
+) -> Settled:
+    """The one decision: terminal, retrying at a computed time, or expired (pure)."""
+    if tally.retryable and may_retry:
+        if op.deadline_at is not None:
+            failures = op.backoff_failures + (0 if tally.retry_after_s is not None else 1)
+            deadline = as_utc(op.deadline_at)
+            at = next_attempt_at(failures, now, deadline, tally.retry_after_s, rng)
+            if at is not None:
+                return Settled(State.RETRYING, at, failures)
+        return Settled(State.EXPIRED)
+    if tally.failed_whole:
+        return Settled(State.FAILED)
+    return Settled(outcome_state(tally.succeeded, tally.failed))
+
+
+def conclude(
+    session: Session,
+    op: Operation,
+    settled: Settled,
+    tally: Tally,
+    *,
+    now: datetime,
+    summary: str | None = None,
+    errors: list[str] | None = None,
+    details: dict[str, Any] | None = None,
+    **fields: Any,
+) -> bool:
+    """Write what was decided: the log lines that tell it and the move; True if it moved.
+
+    `summary` and `errors` are the terminal `result` and `errors` (a retry's are
+    made here); `details` go on the closing log line; `fields` are further
+    columns to set (a record write's `results`, a bulk job's `record_count`).
+    """
+    if settled.state is State.RETRYING:
+        at, deadline = settled.next_attempt_at, op.deadline_at
+        assert at is not None and deadline is not None
+        why = (
+            f"Retry-After {tally.retry_after_s:g}s"
+            if tally.retry_after_s is not None
+            else f"backoff after {settled.backoff_failures} failed attempt(s)"
+        )
+        operations_repo.add_log(
+            session,
+            op.id,
+            f"retrying {_unfinished(op, tally)} at {iso(at)}",
+            now=now,
+            error=tally.last_error,
+            details={
+                "delay_s": round((at - now).total_seconds(), 3),
+                "why": why,
+                "deadline": iso(as_utc(deadline)),
+                "attempt": op.attempts,
+            },
+        )
+        return operations_repo.transition(
+            session,
+            op.id,
+            State.RETRYING,
+            now=now,
+            next_attempt_at=at,
+            backoff_failures=settled.backoff_failures,
+            last_error=tally.last_error,
+            result_summary=f"[{op.object_name}] Retrying: {tally.last_error}",
+            success_count=tally.succeeded,
+            failure_count=tally.failed,
+            **fields,
+        )
+    if settled.state is State.EXPIRED:
+        operations_repo.add_log(
+            session,
+            op.id,
+            "deadline exceeded",
+            now=now,
+            severity="ERROR",
+            error=tally.last_error,
+            details={
+                "records": tally.retryable,
+                "deadline": iso(as_utc(op.deadline_at)) if op.deadline_at else "none",
+            },
+        )
+    state = settled.state
+    operations_repo.add_log(
+        session,
+        op.id,
+        f"write finished: {state.value}",
+        now=now,
+        severity="INFO" if state is State.SUCCEEDED else "WARNING",
+        details={"succeeded": tally.succeeded, "failed": tally.failed, **(details or {})},
+    )
+    if op.shape == "bulk":
+        # A bulk write's CSV is kept only while the write may still run.
+        operations_repo.delete_payload(session, op.id)
+    log.info("operation %s: %s", op.id, state.value)
+    return operations_repo.transition(
+        session,
+        op.id,
+        state,
+        now=now,
+        errors=errors or None,
+        result_summary=summary,
+        next_attempt_at=None,
+        success_count=tally.succeeded,
+        failure_count=tally.failed,
+        **fields,
+    )
+
+
+def expiry_message(last_error: str | None) -> str:
+    """What an expired operation says: the deadline, and the last error before it."""
+    return "deadline exceeded" + (f"; last error: {last_error}" if last_error else "")
+
+
 def settle(
     session: Session,
     op: Operation,
@@ -81,53 +221,27 @@ def settle(
     now: datetime,
     may_retry: bool,
     rng: random.Random,
-    commit: bool = True,
 ) -> Settled:
-    """Merge an attempt into the operation and move it to what comes next."""
+    """Merge a record write's attempt into the operation and move it to what comes next."""
     rows: list[dict[str, Any]] = list(op.results or [{"success": False}] * op.record_count)
     for index, result in attempt.results.items():
         rows[index] = result_row(result)
     _log_attempt(session, op, attempt, now)
     retryable = [i for i, row in enumerate(rows) if not row["success"] and row.get("retryable")]
-    last_error = _last_error(attempt) or op.last_error
-    if retryable and may_retry and op.deadline_at is not None:
-        failures = op.backoff_failures + (0 if attempt.retry_after_s is not None else 1)
-        deadline = as_utc(op.deadline_at)
-        at = next_attempt_at(failures, now, deadline, attempt.retry_after_s, rng)
-        if at is not None:
-            why = (
-                f"Retry-After {attempt.retry_after_s:g}s"
-                if attempt.retry_after_s is not None
-                else f"backoff after {failures} failed attempt(s)"
-            )
-            operations_repo.add_log(
-                session,
-                op.id,
-                f"retrying {len(retryable)} record(s) at {iso(at)}",
-                now=now,
-                details={
-                    "delay_s": round((at - now).total_seconds(), 3),
-                    "why": why,
-                    "deadline": iso(deadline),
-                },
-            )
-            operations_repo.transition(
-                session,
-                op.id,
-                State.RETRYING,
-                now=now,
-                results=rows,
-                next_attempt_at=at,
-                backoff_failures=failures,
-                last_error=last_error,
-                success_count=_count(rows, True),
-                failure_count=_count(rows, False),
-                result_summary=f"[{op.object_name}] Retrying: {last_error}",
-                commit=commit,
-            )
-            return Settled(State.RETRYING, at)
-    if retryable and may_retry:
-        return _expire(session, op, rows, retryable, last_error, now, commit=commit)
+    tally = Tally(
+        succeeded=_count(rows, True),
+        failed=_count(rows, False),
+        retryable=len(retryable),
+        retry_after_s=attempt.retry_after_s,
+        last_error=_last_error(attempt) or op.last_error,
+    )
+    settled = decide(op, tally, now=now, may_retry=may_retry, rng=rng)
+    if settled.state is State.RETRYING:
+        conclude(session, op, settled, tally, now=now, results=rows)
+        return settled
+    if settled.state is State.EXPIRED:
+        _expire_rows(session, op, rows, retryable, tally, now)
+        return settled
     for index, row in enumerate(rows):
         row.pop("retryable", None)
         if not row["success"] and index in attempt.results:
@@ -140,9 +254,10 @@ def settle(
                 error=row.get("error"),
                 details={"record_index": index, "http_status": row.get("status")},
             )
-    state = outcome_state(_count(rows, True), _count(rows, False))
-    _finish(session, op, state, rows, attempt.errors, summarize(op, rows, state), now, commit)
-    return Settled(state)
+    summary = summarize(op, rows, settled.state)
+    errors = attempt.errors + _failed_rows(rows)
+    conclude(session, op, settled, tally, now=now, summary=summary, errors=errors, results=rows)
+    return settled
 
 
 def expire(session: Session, op: Operation, reason: str, *, now: datetime) -> bool:
@@ -157,78 +272,48 @@ def expire(session: Session, op: Operation, reason: str, *, now: datetime) -> bo
     operations_repo.add_log(
         session, op.id, reason, now=now, severity="ERROR", details={"state": op.state}
     )
-    # A bulk write's CSV is kept only while the write may still run.
-    operations_repo.delete_payload(session, op.id)
-    return _expire(session, op, rows, todo, op.last_error, now).state is State.EXPIRED
+    tally = Tally(
+        succeeded=_count(rows, True),
+        failed=_count(rows, False),
+        retryable=len(todo),
+        last_error=op.last_error,
+    )
+    return _expire_rows(session, op, rows, todo, tally, now)
 
 
-def _expire(
+def _expire_rows(
     session: Session,
     op: Operation,
     rows: list[dict[str, Any]],
     todo: list[int],
-    last_error: str | None,
+    tally: Tally,
     now: datetime,
-    *,
-    commit: bool = True,
-) -> Settled:
-    message = "deadline exceeded" + (f"; last error: {last_error}" if last_error else "")
+) -> bool:
+    message = expiry_message(tally.last_error)
     for index in todo:
         rows[index] = {"success": False, "error": message}
-    operations_repo.add_log(
+    return conclude(
         session,
-        op.id,
-        "deadline exceeded",
+        op,
+        Settled(State.EXPIRED),
+        tally,
         now=now,
-        severity="ERROR",
-        error=last_error,
-        details={
-            "records": len(todo),
-            "deadline": iso(as_utc(op.deadline_at)) if op.deadline_at else "none",
-        },
+        summary=f"[{op.object_name}] {message}",
+        errors=[message, *_failed_rows(rows)],
+        results=rows,
     )
-    summary = f"[{op.object_name}] {message}"
-    moved = _finish(session, op, State.EXPIRED, rows, [message], summary, now, commit)
-    return Settled(State.EXPIRED if moved else State(op.state))
 
 
-def _finish(
-    session: Session,
-    op: Operation,
-    state: State,
-    rows: list[dict[str, Any]],
-    errors: list[str],
-    summary: str,
-    now: datetime,
-    commit: bool = True,
-) -> bool:
-    failed = [
+def _unfinished(op: Operation, tally: Tally) -> str:
+    return "the bulk upsert" if op.shape == "bulk" else f"{tally.retryable} record(s)"
+
+
+def _failed_rows(rows: list[dict[str, Any]]) -> list[str]:
+    return [
         f"record {i}: {r['error']}"
         for i, r in enumerate(rows)
         if not r["success"] and r.get("error")
     ]
-    operations_repo.add_log(
-        session,
-        op.id,
-        f"write finished: {state.value}",
-        now=now,
-        severity="INFO" if state is State.SUCCEEDED else "WARNING",
-        details={"succeeded": _count(rows, True), "failed": _count(rows, False)},
-    )
-    log.info("operation %s: %s", op.id, state.value)
-    return operations_repo.transition(
-        session,
-        op.id,
-        state,
-        now=now,
-        results=rows,
-        errors=(errors + failed) or None,
-        success_count=_count(rows, True),
-        failure_count=_count(rows, False),
-        result_summary=summary,
-        next_attempt_at=None,
-        commit=commit,
-    )
 
 
 def summarize(op: Operation, rows: list[dict[str, Any]], state: State) -> str:

@@ -143,7 +143,9 @@ def expire_overdue(
         )
         for op in overdue:
             reason = f"watchdog: still {op.state} {grace_s:g}s after its deadline"
-            if expire(session, op, reason, now=now):
+            moved = expire(session, op, reason, now=now)
+            session.commit()
+            if moved:
                 log.warning("operation %s: expired by the watchdog (was %s)", op.id, op.state)
                 expired.append(op.id)
     return expired

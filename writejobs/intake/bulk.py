@@ -17,9 +17,9 @@ import httpx
 from writejobs.core.bulk_contract import BulkUpsertRequest
 from writejobs.core.contract import RetryPolicy
 from writejobs.core.operations import State
-from writejobs.errors import ContractError
+from writejobs.errors import ContractError, FetchFailed, UnsafeUrl
 from writejobs.execution.deps import ExecutionDeps
-from writejobs.execution.fetch_guard import FetchFailed, UnsafeUrl, check_url
+from writejobs.execution.fetch_guard import check_url
 from writejobs.intake.handoff import hand_off, recording
 from writejobs.intake.idempotency import KeyClaim, accepted_answer
 from writejobs.intake.write import Dispatch, WriteTarget, find_installation, new_operation

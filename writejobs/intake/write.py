@@ -20,6 +20,7 @@ from writejobs.core.contract import WriteRequest, check_target_names
 from writejobs.core.json_input import shown
 from writejobs.core.operations import State
 from writejobs.errors import ContractError, NotFound, ProviderError
+from writejobs.execution.crash import end_crashed
 from writejobs.execution.deps import ExecutionDeps
 from writejobs.execution.run import attempt_write, request_items, write_options
 from writejobs.execution.settle import settle
@@ -161,12 +162,21 @@ def _run_inline(
     request: WriteRequest,
     deps: ExecutionDeps,
 ) -> Accepted:
-    """A synchronous write: the provider is called inside the request, once."""
-    items = dict(enumerate(request_items(request)))
-    attempt = attempt_write(
-        deps, installation, op, write_options(request), items, single=request.batch is None
-    )
-    settle(session, op, attempt, now=deps.clock(), may_retry=False, rng=deps.rng)
+    """A synchronous write: the provider is called inside the request, once.
+
+    If our own code raises on the way, the operation ends `failed` before the API
+    answers 500, and a sanitized `WriteCrashed` is raised instead: the client
+    may send the write again, so nothing may run this one later.
+    """
+    try:
+        items = dict(enumerate(request_items(request)))
+        attempt = attempt_write(
+            deps, installation, op, write_options(request), items, single=request.batch is None
+        )
+        settle(session, op, attempt, now=deps.clock(), may_retry=False, rng=deps.rng)
+        session.commit()
+    except Exception as exc:
+        raise end_crashed(session, [op.id], exc, now=deps.clock()) from None
     outcome = BatchOutcome([attempt.results[i] for i in range(len(items))], attempt.errors)
     return Accepted(op, outcome=outcome, provider_error=attempt.call_error)
 
@@ -180,7 +190,6 @@ def _new_operation(
     now = deps.clock()
     scale = deps.settings.policy_time_scale
     shape = "batch" if request.batch is not None else "single"
-    deadline_at = None
     max_delay_s = None
     if request.auto_batch_policy is not None:
         shape = "auto_batch"
@@ -192,6 +201,10 @@ def _new_operation(
     elif request.is_async:
         hours = request.retry_policy.deadline_hours if request.retry_policy else 1
         deadline_at = now + timedelta(hours=hours * scale)
+    else:
+        # Tried once, in this request, under a lease: if the API process dies holding
+        # it, nobody else may write it, and the watchdog ends it after this.
+        deadline_at = now + timedelta(seconds=deps.settings.running_lease_s)
     if request.auto_batch_policy is not None:
         state = State.PENDING
     elif request.is_async:

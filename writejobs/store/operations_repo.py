@@ -1,4 +1,8 @@
-"""Queries on operations and their logs; the only code that moves an operation's state."""
+"""Queries on operations and their logs; the only code that moves an operation's state.
+
+Like every repository, it never commits: the caller owns the transaction (a batch
+settles all its members in one; a sync write records its row before the call).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from sqlalchemy import (
     and_,
     delete,
     event,
+    false,
     insert,
     or_,
     select,
@@ -69,41 +74,67 @@ def transition(
     *,
     now: datetime,
     lease_s: float | None = None,
-    commit: bool = True,
+    only_from: frozenset[State] | None = None,
     **fields: Any,
 ) -> bool:
     """Move an operation to `to` if its current state allows it; say if it moved.
 
-    A compare-and-set: `UPDATE … WHERE id = :id AND state IN (:allowed)`. False
-    means another delivery got there first, and the caller must stop. Entering
-    `running` takes a lease of `lease_s`; `running` → `running` succeeds only
-    once the previous holder's lease has lapsed (its worker died), and
-    `retrying` → `running` only once the wait is over. Commits unless told not to
-    (a batch settles all its members in one transaction).
+    A compare-and-set (`UPDATE … WHERE id = :id AND <may enter>`, see
+    `_may_enter`). False means another delivery got there first, and the caller
+    must stop. `only_from` narrows the states moved from (a subset of
+    `ALLOWED_FROM[to]`). The caller commits.
     """
-    allowed = ALLOWED_FROM[to]
-    plain = [s.value for s in allowed if to is not State.RUNNING or s is State.QUEUED]
-    condition: ColumnElement[bool] = Operation.state.in_(plain)
-    if to is State.RUNNING:
-        # A wait is honoured even against a stray early delivery of the task...
-        due = and_(Operation.state == State.RETRYING.value, Operation.next_attempt_at <= now)
-        # ...and a running operation is taken over only from a holder whose lease lapsed.
-        lapsed = and_(Operation.state == State.RUNNING.value, Operation.lease_expires_at < now)
-        condition = or_(condition, due, lapsed)
+    moved = bool(_move(session, Operation.id == operation_id, to, now, lease_s, only_from, fields))
+    if not moved:
+        log.info("operation %s: not moved to %s (state changed elsewhere)", operation_id, to)
+    return moved
+
+
+def _may_enter(to: State, now: datetime, only_from: frozenset[State] | None) -> ColumnElement[bool]:
+    """SQL for "may move to `to` now": the state is one `ALLOWED_FROM[to]` names, and
+    the two guarded moves into `running` hold their guard. A wait is honoured even
+    against a stray early delivery (`retrying` only once `next_attempt_at` has come),
+    and a running operation is taken over only from a holder whose lease lapsed."""
+    sources = ALLOWED_FROM[to] if only_from is None else ALLOWED_FROM[to] & only_from
+    assert only_from is None or only_from <= ALLOWED_FROM[to], f"{only_from} -> {to}"
+    conditions: list[ColumnElement[bool]] = []
+    for source in sorted(sources):
+        condition: ColumnElement[bool] = Operation.state == source.value
+        if to is State.RUNNING and source is State.RETRYING:
+            condition = and_(condition, Operation.next_attempt_at <= now)
+        elif to is State.RUNNING and source is State.RUNNING:
+            condition = and_(condition, Operation.lease_expires_at < now)
+        conditions.append(condition)
+    return or_(false(), *conditions)
+
+
+def _move(
+    session: Session,
+    which: ColumnElement[bool],
+    to: State,
+    now: datetime,
+    lease_s: float | None,
+    only_from: frozenset[State] | None,
+    fields: dict[str, Any],
+) -> list[str]:
+    """The one compare-and-set of the state machine: move the operations `which` selects
+    that may enter `to` now; return the ids it moved. Entering `running` takes a
+    lease of `lease_s` seconds."""
     values: dict[str, Any] = {"state": to.value, "updated_at": now, **fields}
     if to is State.RUNNING:
         assert lease_s is not None, "entering running needs a lease"
         values["lease_expires_at"] = now + timedelta(seconds=lease_s)
-    statement = update(Operation).where(Operation.id == operation_id, condition).values(**values)
-    moved: bool = session.execute(statement, execution_options=_NO_SYNC).rowcount == 1  # type: ignore[attr-defined]
+    statement = (
+        update(Operation)
+        .where(which, _may_enter(to, now, only_from))
+        .values(**values)
+        .returning(Operation.id)
+    )
+    moved = list(session.scalars(statement, execution_options=_NO_SYNC))
     if moved and to in TERMINAL:
-        _note_finished(session, to)
+        _note_finished(session, to, len(moved))
         # In the transaction that ends the operation: notified exactly when it ended.
-        webhook_outbox.enqueue_for(session, [operation_id], now=now)
-    if commit:
-        session.commit()
-    if not moved:
-        log.info("operation %s: not moved to %s (state changed elsewhere)", operation_id, to)
+        webhook_outbox.enqueue_for(session, moved, now=now)
     return moved
 
 
@@ -242,13 +273,10 @@ def assign_batch(
     Members no longer pending (a flush already recorded them) are left alone, so
     re-running a flush after a crash is harmless.
     """
-    statement = (
-        update(Operation)
-        .where(Operation.id.in_(operation_ids), Operation.state == State.PENDING.value)
-        .values(state=State.QUEUED.value, batch_id=batch_id, flush_reason=reason, updated_at=now)
-    )
-    moved: int = session.execute(statement, execution_options=_NO_SYNC).rowcount  # type: ignore[attr-defined]
-    return moved
+    fields = {"batch_id": batch_id, "flush_reason": reason}
+    pending = frozenset({State.PENDING})
+    which = Operation.id.in_(operation_ids)
+    return len(_move(session, which, State.QUEUED, now, None, pending, fields))
 
 
 def take_batch(
@@ -256,41 +284,19 @@ def take_batch(
 ) -> list[Operation]:
     """Move every member of a batch that may run now into `running`, in one statement.
 
-    The same conditions as `transition` to `running`; returns the members this
-    call took (committed), oldest first.
+    The same compare-and-set as `transition` to `running`; returns the members
+    this call took, oldest first (the caller commits).
     """
-    can_run = or_(
-        Operation.state == State.QUEUED.value,
-        and_(Operation.state == State.RETRYING.value, Operation.next_attempt_at <= now),
-        and_(Operation.state == State.RUNNING.value, Operation.lease_expires_at < now),
+    fields = {"attempts": Operation.attempts + 1, "last_attempt_at": now}
+    taken = _move(
+        session, Operation.batch_id == batch_id, State.RUNNING, now, lease_s, None, fields
     )
-    statement = (
-        update(Operation)
-        .where(Operation.batch_id == batch_id, can_run)
-        .values(
-            state=State.RUNNING.value,
-            attempts=Operation.attempts + 1,
-            last_attempt_at=now,
-            lease_expires_at=now + timedelta(seconds=lease_s),
-            updated_at=now,
-        )
-        .returning(Operation.id)
-    )
-    taken = list(session.scalars(statement, execution_options=_NO_SYNC))
-    session.commit()
     if not taken:
         return []
     rows = session.scalars(
         select(Operation).where(Operation.id.in_(taken)).order_by(Operation.created_at)
     )
     return list(rows)
-
-
-def batch_members(session: Session, batch_id: str) -> list[Operation]:
-    statement = (
-        select(Operation).where(Operation.batch_id == batch_id).order_by(Operation.created_at)
-    )
-    return list(session.scalars(statement))
 
 
 def stale_pending(session: Session, *, older_than: datetime, limit: int) -> list[Operation]:
@@ -318,33 +324,29 @@ def stalled(
 
     An asynchronous operation's lease is kept alive by its worker's heartbeat
     (`store.leases`), so a lapsed one means a dead worker: it counts once it is
-    untouched since `lapsed_before` (a lease ago), not `queued_before`. A
-    synchronous write's lease is not renewed (the API holds it for one call),
-    so it keeps the long wait."""
+    untouched since `lapsed_before` (a lease ago), not `queued_before`.
+
+    Never a synchronous write: it had its one attempt in its request, whose
+    client may have sent it again; the watchdog ends one its API process left.
+    """
     lapsed_before = lapsed_before or queued_before
     statement = (
         select(Operation)
         .where(
+            Operation.mode != "synchronous",
             or_(
                 and_(Operation.state == State.QUEUED.value, Operation.updated_at < queued_before),
                 and_(
                     Operation.state == State.RUNNING.value,
                     Operation.lease_expires_at < now,
-                    Operation.mode != "synchronous",
                     Operation.updated_at < lapsed_before,
-                ),
-                and_(
-                    Operation.state == State.RUNNING.value,
-                    Operation.lease_expires_at < now,
-                    Operation.mode == "synchronous",
-                    Operation.updated_at < queued_before,
                 ),
                 and_(
                     Operation.state == State.RETRYING.value,
                     Operation.next_attempt_at < queued_before,
                     Operation.updated_at < queued_before,
                 ),
-            )
+            ),
         )
         .order_by(Operation.updated_at)
         .limit(limit)
@@ -413,18 +415,17 @@ def delete_payload(session: Session, operation_id: str) -> None:
 
 
 def set_provider_job(session: Session, operation_id: str, job_id: str | None) -> None:
-    """Remember (or forget) the provider job a running bulk operation follows; commits."""
+    """Remember (or forget) the provider job a running bulk operation follows."""
     statement = (
         update(Operation)
         .where(Operation.id == operation_id, Operation.state == State.RUNNING.value)
         .values(provider_job_id=job_id)
     )
     session.execute(statement, execution_options=_NO_SYNC)
-    session.commit()
 
 
 def renew_lease(session: Session, operation_id: str, *, now: datetime, lease_s: float) -> bool:
-    """Extend a running operation's lease while its worker is still on it; commits.
+    """Extend a running operation's lease while its worker is still on it.
 
     False when the operation is no longer running (the watchdog ended it), so
     the worker stops.
@@ -435,7 +436,6 @@ def renew_lease(session: Session, operation_id: str, *, now: datetime, lease_s: 
         .values(lease_expires_at=now + timedelta(seconds=lease_s))
     )
     renewed: bool = session.execute(statement, execution_options=_NO_SYNC).rowcount == 1  # type: ignore[attr-defined]
-    session.commit()
     return renewed
 
 

@@ -142,7 +142,8 @@ class Operation(Base):
     result_summary: Mapped[str | None] = mapped_column(Text, default=None)
     batch_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
     flush_reason: Mapped[str | None] = mapped_column(String(10), default=None)
-    deadline_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Every operation has one: after it the watchdog ends whatever is unfinished.
+    deadline_at: Mapped[datetime]
     max_delay_s: Mapped[float | None] = mapped_column(default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     # Failed attempts that grow the backoff (a Retry-After wait does not).
