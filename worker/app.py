@@ -19,7 +19,9 @@ import time
 from celery import Celery
 
 from writejobs import task_names
+from writejobs.errors import WriteCrashed
 from writejobs.execution.batch import run_batch
+from writejobs.execution.crash import where
 from writejobs.execution.run import run_operation
 from writejobs.execution.webhooks import deliver
 from writejobs.runtime.celery_config import celery_config
@@ -73,15 +75,21 @@ def create_celery(settings: Settings) -> Celery:
     @app.task(name=task_names.WRITE_OPERATION)  # type: ignore[untyped-decorator]
     def write_operation(operation_id: str) -> str | None:
         """Write one asynchronous operation (single record or explicit batch)."""
-        with wiring.heartbeat().holding(operation_id=operation_id):
-            state = run_operation(operation_id, wiring().deps)
+        try:
+            with wiring.heartbeat().holding(operation_id=operation_id):
+                state = run_operation(operation_id, wiring().deps)
+        except Exception as exc:
+            raise _sanitized("operation", operation_id, exc) from None
         return state.value if state is not None else None
 
     @app.task(name=task_names.WRITE_BATCH)  # type: ignore[untyped-decorator]
     def write_batch(batch_id: str) -> dict[str, int]:
         """Write one flushed auto-batch; each member operation gets its own result."""
-        with wiring.heartbeat().holding(batch_id=batch_id):
-            return run_batch(batch_id, wiring().deps, on_start=note_batch_start)
+        try:
+            with wiring.heartbeat().holding(batch_id=batch_id):
+                return run_batch(batch_id, wiring().deps, on_start=note_batch_start)
+        except Exception as exc:
+            raise _sanitized("batch", batch_id, exc) from None
 
     @app.task(name=task_names.DELIVER_WEBHOOK)  # type: ignore[untyped-decorator]
     def deliver_webhook(delivery_ids: list[int]) -> dict[str, int]:
@@ -93,6 +101,23 @@ def create_celery(settings: Settings) -> Celery:
         return deliver(delivery_ids, wiring().webhooks)
 
     return app
+
+
+def _sanitized(kind: str, target_id: str, exc: Exception) -> WriteCrashed:
+    """The catch-all of the task edge: what Celery logs, and Flower shows, of a failed task.
+
+    Celery logs a failed task's exception with its traceback and sends its repr
+    in the `task-failed` event Flower shows; an exception's text may hold a
+    record's values. So every exception leaves a task as a `WriteCrashed` (its
+    type and a fixed message) with no context. The execution functions have
+    already ended what the attempt held `failed`, unless the trouble was
+    reaching the store or Redis (`is_transient`), which the recovery sweeps retry.
+    """
+    if isinstance(exc, WriteCrashed):
+        return exc
+    crashed = WriteCrashed.of(exc)
+    log.error("%s %s: task failed: %s at %s", kind, target_id, crashed.message, where(exc))
+    return crashed
 
 
 _settings = load_settings()

@@ -27,8 +27,8 @@ and `SERVER_UNAVAILABLE`, beside the statuses every provider shares (`http_commo
 `read_rate_limit` reads the org's 24-hour usage from `Sforce-Limit-Info`, which every
 REST answer carries, and tells a spent allowance from too many concurrent requests.
 
-Not here yet: Bulk API 2.0 for large loads, and OAuth (the caller's client carries
-a bearer token).
+Large loads go through Bulk API 2.0 instead (`salesforce_bulk`); credentials
+(bearer or OAuth2) are the injected client's business (`providers.connect`).
 """
 
 from __future__ import annotations

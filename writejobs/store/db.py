@@ -13,7 +13,11 @@ from writejobs.settings import Settings
 
 
 def create_store_engine(settings: Settings) -> Engine:
-    """Build the engine; SQLite gets WAL and a busy timeout so processes can share it."""
+    """Build the engine; SQLite gets WAL and a busy timeout so processes can share it.
+
+    `hide_parameters`: a statement's error never quotes its parameters, which may
+    hold a record (an operation's request and results) or credentials.
+    """
     url = settings.sqlalchemy_url
     if url.startswith("sqlite"):
         prepare_embedded_sqlite(settings)
@@ -24,10 +28,13 @@ def create_store_engine(settings: Settings) -> Engine:
             connect_args={"timeout": 30, "check_same_thread": False},
             pool_size=20,
             max_overflow=30,
+            hide_parameters=True,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True
+    )
 
 
 def prepare_embedded_sqlite(settings: Settings) -> None:

@@ -1,0 +1,160 @@
+"""When our own code raises during a write (here the `UnicodeEncodeError` httpx raises
+for a header it cannot encode), the operation ends `failed` once, with a sanitized
+reason, and no sweep ever sends it again; the record's values appear nowhere."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+
+from tests.support.core import Core, core
+from writejobs.core.operations import State
+from writejobs.errors import WriteCrashed
+from writejobs.execution.run import run_operation
+from writejobs.grouping.recovery import expire_overdue, requeue_stalled
+from writejobs.intake.write import new_operation
+from writejobs.settings import Settings
+from writejobs.store import operations_repo
+
+REASON = "internal error (UnicodeEncodeError); the write was not completed"
+
+
+@pytest.fixture()
+def c(settings: Settings) -> Iterator[Core]:
+    with core(settings) as built:
+        yield built
+
+
+@pytest.fixture()
+def marker() -> str:
+    return f"MARKER-{uuid.uuid4().hex}"
+
+
+def sweep(c: Core, hours: float) -> tuple[list[str], list[str]]:
+    """Both recovery sweeps, `hours` from now: what they re-sent and what they expired."""
+    later = c.clock() + timedelta(hours=hours)
+    settings = c.settings
+    sent = requeue_stalled(
+        c.deps.sessions,
+        c.sender.send_operation,
+        c.sender.send_batch,
+        now=later,
+        stalled_after_s=settings.stalled_after_s,
+    )
+    expired = expire_overdue(c.deps.sessions, now=later, grace_s=settings.watchdog_grace_s)
+    return sent, expired
+
+
+def assert_nowhere(c: Core, op_id: str, marker: str, caplog: pytest.LogCaptureFixture) -> None:
+    op = c.operation(op_id)
+    stored = [op.result_summary, *(op.errors or []), op.last_error]
+    stored += [f"{e.msg} {e.error} {e.details}" for e in c.logs(op_id)]
+    assert not [text for text in stored if text and marker in text]
+    assert marker not in caplog.text
+
+
+def test_a_synchronous_write_that_crashed_ends_failed_and_no_sweep_sends_it(
+    c: Core, marker: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    record = {"email": "s@example.com", "outcome": "crash", "marker": marker}
+
+    with pytest.raises(WriteCrashed) as raised:
+        c.accept({"record": record})
+
+    assert str(raised.value) == REASON and marker not in repr(raised.value)
+    assert raised.value.__suppress_context__ and raised.value.__cause__ is None
+    [op] = operations_repo.list_installation_operations(
+        c.deps.sessions(), c.tenant.installation_id, page_size=5, page_token=None
+    ).operations
+    assert (op.state, op.errors, op.attempts) == (State.FAILED.value, [REASON], 1)
+    assert sweep(c, hours=3) == ([], [])
+    assert c.sender.sent == [] and c.provider.calls == 1
+    assert_nowhere(c, op.id, marker, caplog)
+
+
+def test_a_synchronous_write_its_api_process_left_running_is_never_run_elsewhere(
+    c: Core,
+) -> None:
+    # given a sync write whose API process died mid-call: running, its lease lapsed
+    installation = c.dispatch.directory.installation(c.tenant.integration_id, c.tenant.group_ref)
+    assert installation is not None
+    accepted_at = c.clock()
+    lease_s = c.settings.running_lease_s
+    op = new_operation(
+        c.target(),
+        installation,
+        accepted_at,
+        write_type="create",
+        mode="synchronous",
+        shape="single",
+        request={"groupRef": c.tenant.group_ref, "type": "create", "record": {"email": "x"}},
+        state=State.RUNNING.value,
+        attempts=1,
+        lease_expires_at=accepted_at + timedelta(seconds=lease_s),
+        deadline_at=accepted_at + timedelta(seconds=lease_s),
+    )
+    with c.deps.sessions() as session:
+        operations_repo.insert_operation(session, op)
+        session.commit()
+
+    # then no sweep sends it, a stray task does not write it, and the watchdog ends it
+    sent, expired = sweep(c, hours=lease_s / 3600 + 0.001)
+    assert op.id not in sent and op.id not in expired
+    assert run_operation(op.id, c.deps) is None and c.provider.calls == 0
+    assert op.id in sweep(c, hours=(lease_s + c.settings.watchdog_grace_s + 1) / 3600)[1]
+    assert c.operation(op.id).state == State.EXPIRED.value
+    assert c.sender.sent == []
+
+
+def test_a_poison_task_ends_its_operation_failed_once_and_is_not_retried(
+    c: Core, marker: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    record = {"email": "p@example.com", "outcome": "crash", "marker": marker}
+    op_id = c.accept({"mode": "asynchronous", "record": record}).operation.id
+
+    [crashed] = c.deliver()
+
+    assert isinstance(crashed, WriteCrashed) and str(crashed) == REASON
+    op = c.operation(op_id)
+    assert (op.state, op.errors) == (State.FAILED.value, [REASON])
+    assert c.sender.waits == []
+    # a redelivered task, and every sweep after, finds nothing to do
+    c.sender.send_operation(op_id)
+    assert c.deliver() == [None]
+    assert sweep(c, hours=3) == ([], [])
+    assert c.provider.calls == 1
+    assert ["write crashed: ended failed, not retried"] == [
+        e.msg for e in c.logs(op_id) if e.msg.startswith("write crashed")
+    ]
+    assert_nowhere(c, op_id, marker, caplog)
+
+
+def test_an_auto_batch_that_crashed_ends_the_members_it_held_failed(
+    c: Core, marker: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    policy = {"mode": "asynchronous", "autoBatchPolicy": {"maxDelayMinutes": 1}}
+    poison = {"email": "p@example.com", "outcome": "crash", "marker": marker}
+    ids = [
+        c.accept({**policy, "record": poison}).operation.id,
+        c.accept({**policy, "record": {"email": "ok@example.com"}}).operation.id,
+    ]
+    assert c.sender.buffered == ids
+    with c.deps.sessions() as session:
+        operations_repo.assign_batch(session, ids, "batch-1", "time", now=c.clock())
+        session.commit()
+    c.sender.send_batch("batch-1")
+
+    [crashed] = c.deliver()
+
+    assert isinstance(crashed, WriteCrashed)
+    assert [c.operation(i).state for i in ids] == [State.FAILED.value] * 2
+    assert sweep(c, hours=3) == ([], [])
+    for op_id in ids:
+        assert_nowhere(c, op_id, marker, caplog)
