@@ -9,9 +9,11 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 
+import httpx
 import pytest
 
 from tests.support.core import Core, core
+from tests.support.system import create_tenant
 from writejobs.core.operations import State
 from writejobs.errors import WriteCrashed
 from writejobs.execution.run import run_operation
@@ -19,6 +21,7 @@ from writejobs.grouping.recovery import expire_overdue, requeue_stalled
 from writejobs.intake.write import new_operation
 from writejobs.settings import Settings
 from writejobs.store import operations_repo
+from writejobs.store.db import create_session_factory, create_store_engine
 
 REASON = "internal error (UnicodeEncodeError); the write was not completed"
 
@@ -158,3 +161,31 @@ def test_an_auto_batch_that_crashed_ends_the_members_it_held_failed(
     assert sweep(c, hours=3) == ([], [])
     for op_id in ids:
         assert_nowhere(c, op_id, marker, caplog)
+
+
+def test_the_api_answers_500_only_once_the_crashed_sync_write_is_failed(
+    settings: Settings, api_url: str, sandbox_url: str, marker: str
+) -> None:
+    tenant = create_tenant(settings, api_url, sandbox_url, provider="salesforce")
+    body = {
+        "groupRef": tenant.group_ref,
+        "type": "create",
+        "record": {"LastName": marker},
+        "headers": [{"key": "Sforce-Duplicate-Rule-Header", "value": f"{marker} \u00e9"}],
+    }
+
+    with tenant.client() as client:
+        response = client.post(tenant.write_path("Contact"), json=body)
+
+    assert response.status_code == 500 and marker not in response.text
+    engine = create_store_engine(settings)
+    with create_session_factory(engine)() as session:
+        [op] = operations_repo.list_installation_operations(
+            session, tenant.installation_id, page_size=5, page_token=None
+        ).operations
+    engine.dispose()
+    assert (op.state, op.errors) == (State.FAILED.value, [REASON])
+    assert (
+        httpx.get(f"{sandbox_url}/_sandbox/stats").json()["records_by_object"].get("Contact")
+        is None
+    )

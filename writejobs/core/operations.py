@@ -30,9 +30,10 @@ TERMINAL: frozenset[State] = frozenset(
     {State.SUCCEEDED, State.PARTIALLY_SUCCEEDED, State.FAILED, State.EXPIRED}
 )
 
-# Which states each state may be entered from. `running` may be re-entered from
-# `running` only when the previous holder's lease has lapsed (a dead worker);
-# the repository adds that condition.
+# Which states each state may be entered from. Two moves into `running` are
+# guarded: from `retrying` only once the wait is over, and from `running` only
+# when the previous holder's lease has lapsed (a dead worker); the repository's
+# one compare-and-set adds those conditions (`store.operations_repo._may_enter`).
 ALLOWED_FROM: dict[State, frozenset[State]] = {
     State.PENDING: frozenset(),
     State.QUEUED: frozenset({State.PENDING, State.RETRYING}),

@@ -1,0 +1,112 @@
+"""A task our own code crashes on, through a real Celery worker: a header value httpx
+cannot encode (its `UnicodeEncodeError` carries the value). The operation ends failed
+once, and a marker in the record and the header is in no worker log line, no task
+event Flower would show, and no Redis key."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+from celery import Celery
+
+from tests.support.system import ChildProcess, create_tenant
+from writejobs.runtime.celery_config import celery_config
+from writejobs.settings import Settings
+
+REASON = "internal error (UnicodeEncodeError); the write was not completed"
+
+
+@contextmanager
+def task_events(settings: Settings) -> Iterator[list[dict[str, Any]]]:
+    """Every Celery task event the worker sends meanwhile (what Flower shows)."""
+    app = Celery("event-listener")
+    app.conf.update(celery_config(settings))
+    events: list[dict[str, Any]] = []
+    stop = threading.Event()
+    ready = threading.Event()
+
+    def listen() -> None:
+        with app.connection() as connection:
+            receiver = app.events.Receiver(connection, handlers={"*": events.append})
+            ready.set()
+            while not stop.is_set():
+                try:
+                    receiver.capture(limit=None, timeout=0.5, wakeup=False)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    continue
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    ready.wait(10)
+    time.sleep(0.5)  # the receiver's subscription is in place
+    try:
+        yield events
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def redis_values(url: str) -> Iterator[str]:
+    """Every key and value in the Redis database, as text."""
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key).decode()
+        values: Any = None
+        if kind == "string":
+            values = client.get(key)
+        elif kind == "list":
+            values = client.lrange(key, 0, -1)
+        elif kind == "hash":
+            values = client.hgetall(key)
+        elif kind == "set":
+            values = client.smembers(key)
+        elif kind == "zset":
+            values = client.zrange(key, 0, -1)
+        yield f"{key!r} {values!r}"
+
+
+def test_a_poison_task_ends_failed_once_and_its_record_is_in_no_log_event_or_key(
+    worker: ChildProcess, settings: Settings, api_url: str, sandbox_url: str
+) -> None:
+    tenant = create_tenant(settings, api_url, sandbox_url, provider="salesforce")
+    marker = f"MARKER-{uuid.uuid4().hex}"
+    body = {
+        "groupRef": tenant.group_ref,
+        "type": "create",
+        "mode": "asynchronous",
+        "record": {"LastName": marker, "Email": f"{marker}@example.com"},
+        "headers": [{"key": "Sforce-Duplicate-Rule-Header", "value": f"{marker} \u00e9"}],
+    }
+
+    with task_events(settings) as events:
+        with tenant.client() as client:
+            response = client.post(tenant.write_path("Contact"), json=body)
+        assert response.status_code == 200, response.text
+        op_id = response.json()["operationId"]
+        view = tenant.wait_terminal([op_id])[op_id]
+        deadline = time.monotonic() + 10
+        while not any(e.get("type") == "task-failed" for e in events):
+            assert time.monotonic() < deadline, "no task-failed event"
+            time.sleep(0.1)
+
+    assert (view["status"], view["state"]) == ("failure", "failed")
+    assert [e["message"] for e in view["errors"]] == [REASON]
+    assert view["metadata"]["retry"]["attempts"] == 1
+    with tenant.client() as client:
+        logs = client.get(tenant.operation_path(op_id) + "/logs").json()
+    assert marker not in json.dumps(logs)
+    failed = [e for e in events if e.get("type") == "task-failed"]
+    assert any("WriteCrashed" in e.get("exception", "") for e in failed), failed
+    assert marker not in json.dumps(events, default=str)
+    assert "UnicodeEncodeError" in worker.output()  # the log names what happened...
+    assert marker not in worker.output()  # ...but never the value
+    assert not [v for v in redis_values(settings.effective_redis_url) if marker in v]
