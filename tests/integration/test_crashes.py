@@ -22,6 +22,7 @@ from writejobs.intake.write import new_operation
 from writejobs.settings import Settings
 from writejobs.store import operations_repo
 from writejobs.store.db import create_session_factory, create_store_engine
+from writejobs.task_names import WRITE_OPERATION
 
 REASON = "internal error (UnicodeEncodeError); the write was not completed"
 
@@ -38,7 +39,8 @@ def marker() -> str:
 
 
 def sweep(c: Core, hours: float) -> tuple[list[str], list[str]]:
-    """Both recovery sweeps, `hours` from now: what they re-sent and what they expired."""
+    """Both recovery sweeps, `hours` from now: what they re-sent and what they expired
+    (other tests' leftovers in the shared store among them)."""
     later = c.clock() + timedelta(hours=hours)
     settings = c.settings
     sent = requeue_stalled(
@@ -75,8 +77,9 @@ def test_a_synchronous_write_that_crashed_ends_failed_and_no_sweep_sends_it(
         c.deps.sessions(), c.tenant.installation_id, page_size=5, page_token=None
     ).operations
     assert (op.state, op.errors, op.attempts) == (State.FAILED.value, [REASON], 1)
-    assert sweep(c, hours=3) == ([], [])
-    assert c.sender.sent == [] and c.provider.calls == 1
+    sent, expired = sweep(c, hours=3)
+    assert op.id not in sent + expired and c.operation(op.id).state == State.FAILED.value
+    assert (WRITE_OPERATION, op.id) not in c.sender.sent and c.provider.calls == 1
     assert_nowhere(c, op.id, marker, caplog)
 
 
@@ -105,13 +108,16 @@ def test_a_synchronous_write_its_api_process_left_running_is_never_run_elsewhere
         operations_repo.insert_operation(session, op)
         session.commit()
 
-    # then no sweep sends it, a stray task does not write it, and the watchdog ends it
-    sent, expired = sweep(c, hours=lease_s / 3600 + 0.001)
-    assert op.id not in sent and op.id not in expired
+    # then a stray task does not write it, and once it counts as stalled (its lease
+    # lapsed, untouched for longer than the stalled sweep waits) the stalled sweep
+    # leaves it to the watchdog, which ends it
     assert run_operation(op.id, c.deps) is None and c.provider.calls == 0
-    assert op.id in sweep(c, hours=(lease_s + c.settings.watchdog_grace_s + 1) / 3600)[1]
+    settings = c.settings
+    later_s = max(settings.stalled_after_s, lease_s + settings.watchdog_grace_s) + 1
+    sent, expired = sweep(c, hours=later_s / 3600)
+    assert op.id not in sent and op.id in expired
     assert c.operation(op.id).state == State.EXPIRED.value
-    assert c.sender.sent == []
+    assert (WRITE_OPERATION, op.id) not in c.sender.sent
 
 
 def test_a_poison_task_ends_its_operation_failed_once_and_is_not_retried(
@@ -130,7 +136,9 @@ def test_a_poison_task_ends_its_operation_failed_once_and_is_not_retried(
     # a redelivered task, and every sweep after, finds nothing to do
     c.sender.send_operation(op_id)
     assert c.deliver() == [None]
-    assert sweep(c, hours=3) == ([], [])
+    sent, expired = sweep(c, hours=3)
+    assert op_id not in sent + expired and c.operation(op_id).state == State.FAILED.value
+    assert (WRITE_OPERATION, op_id) not in c.sender.sent
     assert c.provider.calls == 1
     assert ["write crashed: ended failed, not retried"] == [
         e.msg for e in c.logs(op_id) if e.msg.startswith("write crashed")
@@ -158,7 +166,9 @@ def test_an_auto_batch_that_crashed_ends_the_members_it_held_failed(
 
     assert isinstance(crashed, WriteCrashed)
     assert [c.operation(i).state for i in ids] == [State.FAILED.value] * 2
-    assert sweep(c, hours=3) == ([], [])
+    sent, expired = sweep(c, hours=3)
+    assert "batch-1" not in sent and not set(ids) & set(expired)
+    assert [c.operation(i).state for i in ids] == [State.FAILED.value] * 2
     for op_id in ids:
         assert_nowhere(c, op_id, marker, caplog)
 
