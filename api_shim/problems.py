@@ -18,8 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from writejobs.clock import iso, utcnow
-from writejobs.errors import ContractError, NotFound, StoreUnavailable
-from writejobs.intake.idempotency import KeyInFlight, KeyReused
+from writejobs.errors import ContractError, KeyInFlight, KeyReused, NotFound, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

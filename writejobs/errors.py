@@ -5,6 +5,8 @@
     │   └── CsvRejected          a bulk CSV that breaks the bulk rules (CRLF, no primaryKey)
     ├── NotFound                 an id unknown to, or foreign to, the caller's project
     ├── StoreUnavailable         SQL could not record an accepted write (maps to 503)
+    ├── KeyInFlight              an Idempotency-Key whose first request still runs (409)
+    ├── KeyReused                an Idempotency-Key used for a different request (422)
     ├── CredentialsUnreadable    stored credentials this process has no key for
     ├── UnsafeUrl                a recordsURL (or a redirect) we refuse to fetch
     ├── FetchFailed              the fetch of a safe recordsURL went wrong
@@ -36,6 +38,21 @@ class CsvRejected(ContractError):
 
 class NotFound(WritejobsError):
     """The thing asked for does not exist in the caller's project."""
+
+
+class KeyInFlight(WritejobsError):
+    """The key's first request is still running (409, retryable)."""
+
+    def __init__(self, operation_id: str) -> None:
+        super().__init__("a request with this Idempotency-Key is still in progress")
+        self.operation_id = operation_id
+
+
+class KeyReused(WritejobsError):
+    """The key was used for a different request (422)."""
+
+    def __init__(self) -> None:
+        super().__init__("this Idempotency-Key was already used for a different request")
 
 
 class CredentialsUnreadable(WritejobsError):

@@ -25,8 +25,9 @@ constraint, read the winner's row, and answer from it.
 
 An asynchronous write's answer (`{operationId}`) is known at commit, so its key
 starts `done`. A synchronous write's key is `in_flight` until the provider has
-answered. If the API process dies in between, the operation is in SQL (and the
-stalled sweep finishes it), but no answer was stored: once the key has been
+answered. If the API process dies in between, the operation is in SQL (no
+sweep runs it again; the watchdog ends it after its deadline, see
+`intake.write`), but no answer was stored: once the key has been
 `in_flight` longer than a synchronous write's lease, which no live request outlasts, it
 is settled with `200 {operationId}` (the asynchronous answer), so the client
 learns the id and polls it, instead of a key blocked for a day.
@@ -46,7 +47,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from writejobs.clock import Clock, as_utc
-from writejobs.errors import ContractError, WritejobsError
+from writejobs.errors import ContractError, KeyInFlight, KeyReused
 from writejobs.store import idempotency_repo
 
 log = logging.getLogger(__name__)
@@ -55,21 +56,6 @@ HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
 # Claims lost to another request, then found expired or released, before giving up.
 _MAX_ROUNDS = 3
-
-
-class KeyInFlight(WritejobsError):
-    """The key's first request is still running (409, retryable)."""
-
-    def __init__(self, operation_id: str) -> None:
-        super().__init__(f"a request with this {HEADER} is still in progress")
-        self.operation_id = operation_id
-
-
-class KeyReused(WritejobsError):
-    """The key was used for a different request (422)."""
-
-    def __init__(self) -> None:
-        super().__init__(f"this {HEADER} was already used for a different request")
 
 
 @dataclass(frozen=True, slots=True)
