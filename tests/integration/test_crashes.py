@@ -7,21 +7,26 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from datetime import timedelta
 
-import httpx
 import pytest
 
-from tests.support.core import Core, core
+from api_shim.app import create_app
+from tests.support.core import Core, ScriptedProvider, core
+from tests.support.servers import serve_in_thread
 from tests.support.system import create_tenant
 from writejobs.core.operations import State
 from writejobs.errors import WriteCrashed
 from writejobs.execution.run import run_operation
 from writejobs.grouping.recovery import expire_overdue, requeue_stalled
 from writejobs.intake.write import new_operation
+from writejobs.providers.base import ProviderAdapter
+from writejobs.runtime.wiring import wire
 from writejobs.settings import Settings
 from writejobs.store import operations_repo
-from writejobs.store.db import create_session_factory, create_store_engine
+from writejobs.store.tables import Installation
 from writejobs.task_names import WRITE_OPERATION
 
 REASON = "internal error (UnicodeEncodeError); the write was not completed"
@@ -174,28 +179,36 @@ def test_an_auto_batch_that_crashed_ends_the_members_it_held_failed(
 
 
 def test_the_api_answers_500_only_once_the_crashed_sync_write_is_failed(
-    settings: Settings, api_url: str, sandbox_url: str, marker: str
+    settings: Settings, marker: str
 ) -> None:
-    tenant = create_tenant(settings, api_url, sandbox_url, provider="salesforce")
-    body = {
-        "groupRef": tenant.group_ref,
-        "type": "create",
-        "record": {"LastName": marker},
-        "headers": [{"key": "Sforce-Duplicate-Rule-Header", "value": f"{marker} \u00e9"}],
-    }
+    # given the real API over a provider whose call crashes on this record
+    provider = ScriptedProvider()
 
-    with tenant.client() as client:
-        response = client.post(tenant.write_path("Contact"), json=body)
+    @contextmanager
+    def open_adapter(_installation: Installation, _settings: Settings) -> Iterator[ProviderAdapter]:
+        yield provider
 
+    wiring = wire(settings)
+    wiring = replace(wiring, deps=replace(wiring.deps, open_adapter=open_adapter))
+    with serve_in_thread(create_app(settings, wiring=wiring)) as api_url:
+        tenant = create_tenant(settings, api_url, "http://provider.invalid")
+        body = {
+            "groupRef": tenant.group_ref,
+            "type": "create",
+            "record": {"email": "s@example.com", "outcome": "crash", "marker": marker},
+        }
+
+        # when a synchronous write is sent
+        with tenant.client() as client:
+            response = client.post(tenant.write_path(), json=body)
+
+    # then the answer is a 500 that names nothing of the record, and by then the
+    # operation has ended failed
     assert response.status_code == 500 and marker not in response.text
-    engine = create_store_engine(settings)
-    with create_session_factory(engine)() as session:
+    with wiring.deps.sessions() as session:
         [op] = operations_repo.list_installation_operations(
             session, tenant.installation_id, page_size=5, page_token=None
         ).operations
-    engine.dispose()
     assert (op.state, op.errors) == (State.FAILED.value, [REASON])
-    assert (
-        httpx.get(f"{sandbox_url}/_sandbox/stats").json()["records_by_object"].get("Contact")
-        is None
-    )
+    assert provider.calls == 1
+    wiring.redis.close()
