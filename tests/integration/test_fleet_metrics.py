@@ -99,9 +99,7 @@ def test_an_end_is_counted_when_its_transaction_commits_and_never_when_it_rolls_
 
     # when one is ended in a transaction that rolls back
     with sessions() as session:
-        ended = operations_repo.transition(
-            session, first.id, State.EXPIRED, now=utcnow(), commit=False
-        )
+        ended = operations_repo.transition(session, first.id, State.EXPIRED, now=utcnow())
         assert ended
         session.rollback()
     # then nothing is counted
@@ -110,9 +108,9 @@ def test_an_end_is_counted_when_its_transaction_commits_and_never_when_it_rolls_
     # when it is ended again, together with the other, in one committed transaction
     with sessions() as session:
         for op in (first, second):
-            operations_repo.transition(session, op.id, State.EXPIRED, now=utcnow(), commit=False)
+            operations_repo.transition(session, op.id, State.EXPIRED, now=utcnow())
         # a move that does not happen (already expired) counts nothing either
-        operations_repo.transition(session, first.id, State.FAILED, now=utcnow(), commit=False)
+        operations_repo.transition(session, first.id, State.FAILED, now=utcnow())
         session.commit()
     # then each is counted once, by its state
     assert tally.counts == {expired: 2}

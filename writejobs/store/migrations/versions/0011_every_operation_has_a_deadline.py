@@ -4,8 +4,8 @@ Synchronous writes had none, so one whose API process died holding it could
 stay `running` for good. Existing rows without one get their accepted time plus
 the default running lease (300 s), the deadline a synchronous write gets now.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-01 11:00:00
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
