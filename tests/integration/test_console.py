@@ -94,6 +94,7 @@ def add_operations(settings: Settings, tenant: Tenant, specs: list[dict[str, Any
                     backoff_failures=0,
                     created_at=created,
                     updated_at=created,
+                    deadline_at=created + timedelta(hours=1),
                     **spec,
                 )
                 operations_repo.insert_operation(session, op)

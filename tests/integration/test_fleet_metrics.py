@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 import redis
@@ -62,6 +63,7 @@ def running_operation(tenant: Tenant) -> Operation:
         state=State.RUNNING.value,
         created_at=now,
         updated_at=now,
+        deadline_at=now + timedelta(hours=1),
     )
 
 

@@ -28,8 +28,9 @@ from writejobs.store import operations_repo, tenants_repo
 from writejobs.store.tables import Operation
 
 
-class Killed(Exception):
-    """Stands for the SIGKILL a real failpoint sends."""
+class Killed(BaseException):
+    """Stands for the SIGKILL a real failpoint sends: a BaseException, so that, like the
+    signal, nothing in the attempt handles it (its catch-all takes `Exception`s)."""
 
 
 class Counted:
