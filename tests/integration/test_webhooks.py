@@ -353,11 +353,11 @@ def test_an_end_that_rolls_back_owes_nothing_and_one_that_commits_owes_one(
     )
     with parked.wiring.deps.sessions() as session:
         now = utcnow()
-        assert operations_repo.transition(session, op_id, State.FAILED, now=now, commit=False)
+        assert operations_repo.transition(session, op_id, State.FAILED, now=now)
         session.rollback()  # the process died before its commit
     assert _deliveries(parked, dest_id) == []
     with parked.wiring.deps.sessions() as session:
-        assert operations_repo.transition(session, op_id, State.FAILED, now=now, commit=False)
+        assert operations_repo.transition(session, op_id, State.FAILED, now=now)
         session.commit()
     [delivery] = _deliveries(parked, dest_id)
     assert delivery.operation_id == op_id and as_utc(delivery.created_at) == now

@@ -5,7 +5,7 @@ stay `running` for good. Existing rows without one get their accepted time plus
 the default running lease (300 s), the deadline a synchronous write gets now.
 
 Revision ID: 0011
-Revises: 0010
+Revises: 0008 (webhooks, which follows 0010)
 Create Date: 2026-12-01 11:00:00
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0010"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
