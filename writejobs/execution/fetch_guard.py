@@ -27,7 +27,9 @@ from typing import Any
 
 import httpx
 
-from writejobs.errors import FetchFailed, UnsafeUrl
+# UnsafeUrl re-exported: cli.webhook_admin imports it from here.
+from writejobs.errors import FetchFailed
+from writejobs.errors import UnsafeUrl as UnsafeUrl
 
 MAX_REDIRECTS = 5
 # Long enough for a slow file host between two chunks; `total_timeout_s` bounds the whole.

@@ -26,7 +26,8 @@ from typing import Any
 import httpx
 from standardwebhooks.webhooks import Webhook
 
-from writejobs.execution.fetch_guard import IPAddress, UnsafeUrl, refused_kind
+from writejobs.errors import UnsafeUrl
+from writejobs.execution.fetch_guard import IPAddress, refused_kind
 
 EXCERPT_BYTES = 1024
 USER_AGENT = "writejobs-webhooks/1"
