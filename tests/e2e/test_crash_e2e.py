@@ -95,6 +95,7 @@ def plant(settings: Settings, tenant: Tenant, body: dict[str, Any]) -> str:
         return accept_write(target, request, wiring.deps, wiring.dispatch).operation.id
     finally:
         wiring.redis.close()
+        wiring.deps.sessions.kw["bind"].dispose()
 
 
 def test_a_poison_task_ends_failed_once_and_its_record_is_in_no_log_event_or_key(
