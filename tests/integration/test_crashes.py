@@ -95,7 +95,7 @@ def test_a_synchronous_write_its_api_process_left_running_is_never_run_elsewhere
     installation = c.dispatch.directory.installation(c.tenant.integration_id, c.tenant.group_ref)
     assert installation is not None
     accepted_at = c.clock()
-    lease_s = c.settings.running_lease_s
+    lease_s = c.settings.sync_lease_s
     op = new_operation(
         c.target(),
         installation,

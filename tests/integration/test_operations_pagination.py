@@ -53,6 +53,7 @@ def add_operation(
         failure_count=0,
         created_at=created_at,
         updated_at=created_at,
+        deadline_at=created_at + timedelta(hours=1),
     )
     with sessions() as session:
         operations_repo.insert_operation(session, operation)

@@ -204,7 +204,7 @@ def _new_operation(
     else:
         # Tried once, in this request, under a lease: if the API process dies holding
         # it, nobody else may write it, and the watchdog ends it after this.
-        deadline_at = now + timedelta(seconds=deps.settings.running_lease_s)
+        deadline_at = now + timedelta(seconds=deps.settings.sync_lease_s)
     if request.auto_batch_policy is not None:
         state = State.PENDING
     elif request.is_async:

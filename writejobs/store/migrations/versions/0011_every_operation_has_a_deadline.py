@@ -2,10 +2,11 @@
 
 Synchronous writes had none, so one whose API process died holding it could
 stay `running` for good. Existing rows without one get their accepted time plus
-the default running lease (300 s), the deadline a synchronous write gets now.
+the default synchronous lease (`WRITEJOBS_SYNC_LEASE_S`, 300 s), the deadline a
+synchronous write gets now.
 
 Revision ID: 0011
-Revises: 0008 (webhooks, which follows 0010)
+Revises: 0005 (operation hand-off, which follows 0008)
 Create Date: 2026-12-01 11:00:00
 """
 
@@ -15,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0008"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
