@@ -170,3 +170,25 @@ def test_a_finished_operation_is_not_run_again(harness: Harness) -> None:
     # a redelivered task finds it finished and writes nothing
     assert run_operation(op_id, harness.deps) is None
     assert harness.stats()["calls"][INGEST] == 1
+
+
+def test_a_job_still_running_at_the_deadline_is_aborted_and_the_operation_expires(
+    harness: Harness,
+) -> None:
+    # given a bulk operation whose deadline has come by the time its job is handed over
+    op_id = harness.accept(rows=10)
+    harness.update(op_id, deadline_at=utcnow() - timedelta(seconds=1))
+
+    # when its attempt runs
+    state = run_operation(op_id, harness.deps)
+
+    # then the operation expires saying why (the job was aborted, unless Salesforce
+    # finished it first), and its CSV is dropped
+    assert state is State.EXPIRED
+    op = harness.operation(op_id)
+    assert op.result_summary is not None and op.result_summary.startswith(
+        "[Contact] deadline exceeded; last error: Salesforce job"
+    )
+    assert "deadline exceeded" in harness.logs(op_id) and harness.retries == []
+    with harness.deps.sessions() as session:
+        assert operations_repo.load_payload(session, op_id) is None

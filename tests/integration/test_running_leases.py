@@ -38,6 +38,7 @@ def _start_running(p: Parked, op_id: str, at: datetime, lease_s: float) -> None:
     """What a worker's first step does: take the operation into `running` under a lease."""
     with p.wiring.deps.sessions() as session:
         assert operations_repo.transition(session, op_id, State.RUNNING, now=at, lease_s=lease_s)
+        session.commit()
 
 
 def _lease(p: Parked, op_id: str) -> datetime:

@@ -260,10 +260,11 @@ def _retry_or_expire(
 def _expire(
     session: Session, op: Operation, why: str, deps: ExecutionDeps, status: JobStatus
 ) -> State:
-    """The deadline came while Salesforce was still working through the job."""
+    """The deadline came while Salesforce was still working through the job: past the
+    deadline, the settle path finds no time for another attempt."""
     written = max(0, status.records_processed - status.records_failed)
     tally = Tally(written, status.records_failed, retryable=1, last_error=why)
-    return _settle(session, op, tally, deps, expired=True)
+    return _settle(session, op, tally, deps)
 
 
 def _fail(
