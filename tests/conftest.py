@@ -68,6 +68,9 @@ def settings(
         celery_queue=f"writejobs-test-{run}",
         scheduler_interval_s=0.1,
         running_lease_s=30,
+        # The suite wires many processes and engines against one PostgreSQL server:
+        # keep few idle connections each, so it never runs out of them.
+        db_pool_size=2,
         # The sandbox's file host, named "localhost" so that 127.0.0.1 stays refused.
         fetch_allowed_http_hosts="localhost",
     )

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     redis_namespace: str = Field(default="wj", description="Prefix of every writejobs Redis key.")
     scheduler_interval_s: float = Field(default=0.2, gt=0)
     provider_timeout_s: float = Field(default=30.0, gt=0)
+    # PostgreSQL connections each process keeps open (idle ones stay), and how many more
+    # it may open for a burst (closed when returned). SQLite has its own sizes.
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
     # Every Redis call (buffers, waits, metrics, the Celery broker) gives up after this
     # long, so a Redis that stopped answering fails a call instead of hanging it...
     redis_socket_timeout_s: float = Field(default=5.0, gt=0)
