@@ -116,13 +116,17 @@ def _write_members(
     now = deps.clock()
     counts: dict[str, int] = {}
     waiting: dict[str, datetime] = {}
-    for index, op in enumerate(taken):
-        member = Attempt({0: attempt.results[index]}, list(attempt.errors), attempt.retry_after_s)
-        member = claim_own_duplicates(session, op, member, now)
-        settled = settle(session, op, member, now=now, may_retry=True, rng=deps.rng)
-        counts[settled.state.value] = counts.get(settled.state.value, 0) + 1
-        if settled.state is State.RETRYING and settled.next_attempt_at is not None:
-            waiting[op.id] = settled.next_attempt_at
+    # Each member settles on its own; their log lines and moves are written together.
+    with operations_repo.deferred(session):
+        for index, op in enumerate(taken):
+            member = Attempt(
+                {0: attempt.results[index]}, list(attempt.errors), attempt.retry_after_s
+            )
+            member = claim_own_duplicates(session, op, member, now)
+            settled = settle(session, op, member, now=now, may_retry=True, rng=deps.rng)
+            counts[settled.state.value] = counts.get(settled.state.value, 0) + 1
+            if settled.state is State.RETRYING and settled.next_attempt_at is not None:
+                waiting[op.id] = settled.next_attempt_at
     session.commit()
     if waiting:
         _wait_as_retry_batch(deps, batch_id, waiting)

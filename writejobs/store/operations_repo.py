@@ -14,24 +14,27 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
     Table,
     and_,
     delete,
-    event,
-    false,
     insert,
     or_,
     select,
     tuple_,
     update,
 )
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from writejobs.clock import as_utc, iso
-from writejobs.core.operations import ALLOWED_FROM, TERMINAL, State
-from writejobs.core.recorder import Recorder
-from writejobs.store import webhook_outbox
+from writejobs.core.operations import State
+
+# The state machine's moves live in operation_moves; callers reach them through here too.
+from writejobs.store.operation_moves import assign_batch as assign_batch
+from writejobs.store.operation_moves import count_finished as count_finished
+from writejobs.store.operation_moves import defer_log
+from writejobs.store.operation_moves import deferred as deferred
+from writejobs.store.operation_moves import take_batch as take_batch
+from writejobs.store.operation_moves import transition as transition
 from writejobs.store.tables import Operation, OperationLog, OperationPayload
 
 log = logging.getLogger(__name__)
@@ -67,102 +70,6 @@ def get_project_operation(session: Session, project_id: str, operation_id: str) 
     return op if op is not None and op.project_id == project_id else None
 
 
-def transition(
-    session: Session,
-    operation_id: str,
-    to: State,
-    *,
-    now: datetime,
-    lease_s: float | None = None,
-    only_from: frozenset[State] | None = None,
-    **fields: Any,
-) -> bool:
-    """Move an operation to `to` if its current state allows it; say if it moved.
-
-    A compare-and-set (`UPDATE … WHERE id = :id AND <may enter>`, see
-    `_may_enter`). False means another delivery got there first, and the caller
-    must stop. `only_from` narrows the states moved from (a subset of
-    `ALLOWED_FROM[to]`). The caller commits.
-    """
-    moved = bool(_move(session, Operation.id == operation_id, to, now, lease_s, only_from, fields))
-    if not moved:
-        log.info("operation %s: not moved to %s (state changed elsewhere)", operation_id, to)
-    return moved
-
-
-def _may_enter(to: State, now: datetime, only_from: frozenset[State] | None) -> ColumnElement[bool]:
-    """SQL for "may move to `to` now": the state is one `ALLOWED_FROM[to]` names, and
-    the two guarded moves into `running` hold their guard. A wait is honoured even
-    against a stray early delivery (`retrying` only once `next_attempt_at` has come),
-    and a running operation is taken over only from a holder whose lease lapsed."""
-    sources = ALLOWED_FROM[to] if only_from is None else ALLOWED_FROM[to] & only_from
-    assert only_from is None or only_from <= ALLOWED_FROM[to], f"{only_from} -> {to}"
-    conditions: list[ColumnElement[bool]] = []
-    for source in sorted(sources):
-        condition: ColumnElement[bool] = Operation.state == source.value
-        if to is State.RUNNING and source is State.RETRYING:
-            condition = and_(condition, Operation.next_attempt_at <= now)
-        elif to is State.RUNNING and source is State.RUNNING:
-            condition = and_(condition, Operation.lease_expires_at < now)
-        conditions.append(condition)
-    return or_(false(), *conditions)
-
-
-def _move(
-    session: Session,
-    which: ColumnElement[bool],
-    to: State,
-    now: datetime,
-    lease_s: float | None,
-    only_from: frozenset[State] | None,
-    fields: dict[str, Any],
-) -> list[str]:
-    """The one compare-and-set of the state machine: move the operations `which` selects
-    that may enter `to` now; return the ids it moved. Entering `running` takes a
-    lease of `lease_s` seconds."""
-    values: dict[str, Any] = {"state": to.value, "updated_at": now, **fields}
-    if to is State.RUNNING:
-        assert lease_s is not None, "entering running needs a lease"
-        values["lease_expires_at"] = now + timedelta(seconds=lease_s)
-    statement = (
-        update(Operation)
-        .where(which, _may_enter(to, now, only_from))
-        .values(**values)
-        .returning(Operation.id)
-    )
-    moved = list(session.scalars(statement, execution_options=_NO_SYNC))
-    if moved and to in TERMINAL:
-        _note_finished(session, to, len(moved))
-        # In the transaction that ends the operation: notified exactly when it ended.
-        webhook_outbox.enqueue_for(session, moved, now=now)
-    return moved
-
-
-# session.info key: the operations this transaction ended, by state, counted at commit.
-_FINISHED = "writejobs.operations_finished"
-
-
-def _note_finished(session: Session, state: State, n: int = 1) -> None:
-    finished: dict[str, int] = session.info.setdefault(_FINISHED, {})
-    finished[state.value] = finished.get(state.value, 0) + n
-
-
-def count_finished(sessions: sessionmaker[Session], recorder: Recorder) -> None:
-    """Count each operation the sessions of `sessions` end (`operations_finished{state}`)
-    when the transaction that ended it commits, so a rolled-back end is never counted
-    and every path that ends one (settling, the watchdog, intake's failures) is."""
-
-    def committed(session: Session) -> None:
-        for state, n in session.info.pop(_FINISHED, {}).items():
-            recorder.count("operations_finished", n, state=state)
-
-    def rolled_back(session: Session) -> None:
-        session.info.pop(_FINISHED, None)
-
-    event.listen(sessions, "after_commit", committed)
-    event.listen(sessions, "after_rollback", rolled_back)
-
-
 def add_log(
     session: Session,
     operation_id: str,
@@ -175,7 +82,8 @@ def add_log(
 ) -> None:
     """Append one line to an operation's story (committed by the caller)."""
     row = log_row(operation_id, msg, now=now, severity=severity, error=error, details=details)
-    session.execute(insert(_LOGS), [row])
+    if not defer_log(session, row):
+        session.execute(insert(_LOGS), [row])
 
 
 def log_row(
@@ -204,7 +112,8 @@ def add_logs(session: Session, rows: list[dict[str, Any]]) -> None:
         filled = [{"severity": "INFO", "error": None, "details": {}, **row} for row in rows]
         for row in filled:
             row["details"] = {k: str(v) for k, v in row["details"].items()}
-        session.execute(insert(_LOGS), filled)
+        if not all(defer_log(session, row) for row in filled):
+            session.execute(insert(_LOGS), filled)
 
 
 def list_logs(session: Session, operation_id: str) -> list[OperationLog]:
@@ -263,40 +172,6 @@ def decode_page_token(token: str) -> tuple[datetime, str]:
         return datetime.fromisoformat(created.replace("Z", "+00:00")), str(op_id)
     except Exception as exc:  # any malformed token is the caller's error
         raise ValueError("pageToken is not valid") from exc
-
-
-def assign_batch(
-    session: Session, operation_ids: list[str], batch_id: str, reason: str, *, now: datetime
-) -> int:
-    """Move pending members into a flushed batch (`pending` → `queued`); count those moved.
-
-    Members no longer pending (a flush already recorded them) are left alone, so
-    re-running a flush after a crash is harmless.
-    """
-    fields = {"batch_id": batch_id, "flush_reason": reason}
-    pending = frozenset({State.PENDING})
-    which = Operation.id.in_(operation_ids)
-    return len(_move(session, which, State.QUEUED, now, None, pending, fields))
-
-
-def take_batch(
-    session: Session, batch_id: str, *, now: datetime, lease_s: float
-) -> list[Operation]:
-    """Move every member of a batch that may run now into `running`, in one statement.
-
-    The same compare-and-set as `transition` to `running`; returns the members
-    this call took, oldest first (the caller commits).
-    """
-    fields = {"attempts": Operation.attempts + 1, "last_attempt_at": now}
-    taken = _move(
-        session, Operation.batch_id == batch_id, State.RUNNING, now, lease_s, None, fields
-    )
-    if not taken:
-        return []
-    rows = session.scalars(
-        select(Operation).where(Operation.id.in_(taken)).order_by(Operation.created_at)
-    )
-    return list(rows)
 
 
 def stale_pending(session: Session, *, older_than: datetime, limit: int) -> list[Operation]:

@@ -1,0 +1,102 @@
+"""An auto-batch settles its members set-based: each member gets its own outcome, log
+lines and move, written in a handful of statements however many members there are,
+and a member another delivery moved meanwhile keeps what that delivery gave it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event
+
+from tests.support.core import Core, core
+from writejobs.core.operations import State
+from writejobs.execution.batch import run_batch
+from writejobs.execution.settle import expire
+from writejobs.providers.base import BatchOutcome
+from writejobs.settings import Settings
+from writejobs.store import operations_repo
+
+POLICY = {"mode": "asynchronous", "autoBatchPolicy": {"maxDelayMinutes": 1}}
+
+
+@pytest.fixture()
+def c(settings: Settings) -> Iterator[Core]:
+    with core(settings) as built:
+        yield built
+
+
+def flushed_batch(c: Core, outcomes: list[str]) -> tuple[str, list[str]]:
+    """Accept one auto-batched record per outcome and flush them as one batch."""
+    ids = [
+        c.accept({**POLICY, "record": {"email": f"m{i}@example.com", "outcome": o}}).operation.id
+        for i, o in enumerate(outcomes)
+    ]
+    batch_id = f"batch-{uuid.uuid4().hex[:8]}"
+    with c.deps.sessions() as session:
+        operations_repo.assign_batch(session, ids, batch_id, "size", now=c.clock())
+        session.commit()
+    return batch_id, ids
+
+
+def statements_during(engine: Engine) -> list[str]:
+    seen: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement.split(None, 1)[0].upper())
+
+    event.listen(engine, "before_cursor_execute", count)
+    return seen
+
+
+def test_a_hundred_members_settle_each_on_its_own_in_a_handful_of_statements(c: Core) -> None:
+    # given a flushed batch of 100: 90 the provider writes, 6 it refuses, 4 it cannot take now
+    outcomes = ["ok"] * 90 + ["reject"] * 6 + ["retry"] * 4
+    batch_id, ids = flushed_batch(c, outcomes)
+    engine = c.deps.sessions.kw["bind"]
+    seen = statements_during(engine)
+
+    # when one delivery runs it
+    counts = run_batch(batch_id, c.deps)
+
+    # then every member has its own outcome, in one provider call...
+    assert c.provider.calls == 1
+    assert counts == {"succeeded": 90, "failed": 6, "retrying": 4}
+    states = [c.operation(i).state for i in ids]
+    assert states == ["succeeded"] * 90 + ["failed"] * 6 + ["retrying"] * 4
+    assert len({c.operation(i).results[0]["recordId"] for i in ids[:90]}) == 90
+    # ...and its own story...
+    for op_id, outcome in zip(ids, outcomes, strict=True):
+        messages = [entry.msg for entry in c.logs(op_id)]
+        assert "attempt 1 finished" in messages
+        if outcome == "retry":
+            assert any(m.startswith("retrying 1 record(s) at ") for m in messages)
+        else:
+            assert messages[-1].startswith("write finished: ")
+    # ...written in a few statements, not three per member (~300 before)
+    writes = [s for s in seen if s in ("INSERT", "UPDATE", "DELETE")]
+    assert len(writes) <= 12, writes
+
+
+def test_a_member_another_delivery_ended_meanwhile_keeps_its_end(c: Core) -> None:
+    # given a batch of 3 whose provider call takes long enough for the watchdog to end one
+    batch_id, ids = flushed_batch(c, ["ok", "ok", "ok"])
+    real_write = c.provider.write_batch
+
+    def slow_write(*args: Any, **kwargs: Any) -> BatchOutcome:
+        with c.deps.sessions() as session:
+            op = operations_repo.get_operation(session, ids[1])
+            assert op is not None and op.state == State.RUNNING.value
+            assert expire(session, op, "expired by the watchdog (test)", now=c.clock())
+            session.commit()
+        return real_write(*args, **kwargs)
+
+    c.provider.write_batch = slow_write  # type: ignore[method-assign]
+
+    # when the delivery settles
+    run_batch(batch_id, c.deps)
+
+    # then the other two succeed and the ended one is not moved again
+    assert [c.operation(i).state for i in ids] == ["succeeded", "expired", "succeeded"]

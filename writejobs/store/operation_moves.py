@@ -1,0 +1,265 @@
+"""The state machine's moves in SQL: the one compare-and-set every change of state goes
+through, and the bookkeeping of operations that end (finished counts, webhooks).
+
+`deferred(session)` gathers the log lines and moves made inside it, and makes them
+when it ends as one INSERT and one UPDATE … executemany per kind of move: a batch
+settles its hundred members in a handful of statements instead of three hundred.
+Like every repository, nothing here commits: the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    and_,
+    bindparam,
+    event,
+    false,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session, sessionmaker
+
+from writejobs.core.operations import ALLOWED_FROM, TERMINAL, State
+from writejobs.core.recorder import Recorder
+from writejobs.store import webhook_outbox
+from writejobs.store.tables import Operation, OperationLog
+
+log = logging.getLogger(__name__)
+
+# Bulk UPDATEs must not evaluate their WHERE against objects in the session:
+# SQLite hands datetimes back without a zone, so the comparison would raise.
+# Callers refresh the objects they keep using.
+_NO_SYNC = {"synchronize_session": False}
+_OPERATIONS: Table = Operation.__table__  # type: ignore[assignment]
+_LOGS: Table = OperationLog.__table__  # type: ignore[assignment]
+# session.info key: the writes a `deferred` block gathers.
+_DEFERRED = "writejobs.deferred_writes"
+
+
+def transition(
+    session: Session,
+    operation_id: str,
+    to: State,
+    *,
+    now: datetime,
+    lease_s: float | None = None,
+    only_from: frozenset[State] | None = None,
+    **fields: Any,
+) -> bool:
+    """Move an operation to `to` if its current state allows it; say if it moved.
+
+    A compare-and-set (`UPDATE … WHERE id = :id AND <may enter>`, see
+    `_may_enter`). False means another delivery got there first, and the caller
+    must stop. `only_from` narrows the states moved from (a subset of
+    `ALLOWED_FROM[to]`). The caller commits. Inside `deferred(session)` the move
+    is gathered (and True returned) to be made with its like when the block ends.
+    """
+    pending = session.info.get(_DEFERRED)
+    if pending is not None and to is not State.RUNNING:
+        pending.moves.append(_Move(operation_id, to, now, only_from, fields))
+        return True
+    moved = bool(_move(session, Operation.id == operation_id, to, now, lease_s, only_from, fields))
+    if not moved:
+        log.info("operation %s: not moved to %s (state changed elsewhere)", operation_id, to)
+    return moved
+
+
+def _may_enter(to: State, now: datetime, only_from: frozenset[State] | None) -> ColumnElement[bool]:
+    """SQL for "may move to `to` now": the state is one `ALLOWED_FROM[to]` names, and
+    the two guarded moves into `running` hold their guard. A wait is honoured even
+    against a stray early delivery (`retrying` only once `next_attempt_at` has come),
+    and a running operation is taken over only from a holder whose lease lapsed."""
+    sources = ALLOWED_FROM[to] if only_from is None else ALLOWED_FROM[to] & only_from
+    assert only_from is None or only_from <= ALLOWED_FROM[to], f"{only_from} -> {to}"
+    conditions: list[ColumnElement[bool]] = []
+    for source in sorted(sources):
+        condition: ColumnElement[bool] = Operation.state == source.value
+        if to is State.RUNNING and source is State.RETRYING:
+            condition = and_(condition, Operation.next_attempt_at <= now)
+        elif to is State.RUNNING and source is State.RUNNING:
+            condition = and_(condition, Operation.lease_expires_at < now)
+        conditions.append(condition)
+    return or_(false(), *conditions)
+
+
+def _move(
+    session: Session,
+    which: ColumnElement[bool],
+    to: State,
+    now: datetime,
+    lease_s: float | None,
+    only_from: frozenset[State] | None,
+    fields: dict[str, Any],
+) -> list[str]:
+    """The one compare-and-set of the state machine: move the operations `which` selects
+    that may enter `to` now; return the ids it moved. Entering `running` takes a
+    lease of `lease_s` seconds."""
+    values: dict[str, Any] = {"state": to.value, "updated_at": now, **fields}
+    if to is State.RUNNING:
+        assert lease_s is not None, "entering running needs a lease"
+        values["lease_expires_at"] = now + timedelta(seconds=lease_s)
+    statement = (
+        update(Operation)
+        .where(which, _may_enter(to, now, only_from))
+        .values(**values)
+        .returning(Operation.id)
+    )
+    moved = list(session.scalars(statement, execution_options=_NO_SYNC))
+    _note_ended(session, to, moved, now)
+    return moved
+
+
+def _note_ended(session: Session, to: State, moved: list[str], now: datetime) -> None:
+    if moved and to in TERMINAL:
+        _note_finished(session, to, len(moved))
+        # In the transaction that ends the operation: notified exactly when it ended.
+        webhook_outbox.enqueue_for(session, moved, now=now)
+
+
+def assign_batch(
+    session: Session, operation_ids: list[str], batch_id: str, reason: str, *, now: datetime
+) -> int:
+    """Move pending members into a flushed batch (`pending` → `queued`); count those moved.
+
+    Members no longer pending (a flush already recorded them) are left alone, so
+    re-running a flush after a crash is harmless.
+    """
+    fields = {"batch_id": batch_id, "flush_reason": reason}
+    pending = frozenset({State.PENDING})
+    which = Operation.id.in_(operation_ids)
+    return len(_move(session, which, State.QUEUED, now, None, pending, fields))
+
+
+def take_batch(
+    session: Session, batch_id: str, *, now: datetime, lease_s: float
+) -> list[Operation]:
+    """Move every member of a batch that may run now into `running`, in one statement.
+
+    The same compare-and-set as `transition` to `running`; returns the members
+    this call took, oldest first (the caller commits).
+    """
+    fields = {"attempts": Operation.attempts + 1, "last_attempt_at": now}
+    taken = _move(
+        session, Operation.batch_id == batch_id, State.RUNNING, now, lease_s, None, fields
+    )
+    if not taken:
+        return []
+    rows = session.scalars(
+        select(Operation).where(Operation.id.in_(taken)).order_by(Operation.created_at)
+    )
+    return list(rows)
+
+
+# session.info key: the operations this transaction ended, by state, counted at commit.
+_FINISHED = "writejobs.operations_finished"
+
+
+def _note_finished(session: Session, state: State, n: int = 1) -> None:
+    finished: dict[str, int] = session.info.setdefault(_FINISHED, {})
+    finished[state.value] = finished.get(state.value, 0) + n
+
+
+def count_finished(sessions: sessionmaker[Session], recorder: Recorder) -> None:
+    """Count each operation the sessions of `sessions` end (`operations_finished{state}`)
+    when the transaction that ended it commits, so a rolled-back end is never counted
+    and every path that ends one (settling, the watchdog, intake's failures) is."""
+
+    def committed(session: Session) -> None:
+        for state, n in session.info.pop(_FINISHED, {}).items():
+            recorder.count("operations_finished", n, state=state)
+
+    def rolled_back(session: Session) -> None:
+        session.info.pop(_FINISHED, None)
+
+    event.listen(sessions, "after_commit", committed)
+    event.listen(sessions, "after_rollback", rolled_back)
+
+
+@dataclass(frozen=True, slots=True)
+class _Move:
+    operation_id: str
+    to: State
+    now: datetime
+    only_from: frozenset[State] | None
+    fields: dict[str, Any]
+
+
+@dataclass(slots=True)
+class _Deferred:
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    moves: list[_Move] = field(default_factory=list)
+
+
+def defer_log(session: Session, row: dict[str, Any]) -> bool:
+    """Gather a log line if a `deferred` block is open; False when the caller must write it."""
+    pending = session.info.get(_DEFERRED)
+    if pending is None:
+        return False
+    pending.logs.append(row)
+    return True
+
+
+@contextmanager
+def deferred(session: Session) -> Iterator[None]:
+    """Gather the log lines and moves (other than into `running`) made inside, and make
+    them together when the block ends without an error; the caller then commits."""
+    assert _DEFERRED not in session.info, "deferred blocks do not nest"
+    pending = _Deferred()
+    session.info[_DEFERRED] = pending
+    try:
+        yield
+    finally:
+        session.info.pop(_DEFERRED, None)
+    if pending.logs:
+        session.execute(insert(_LOGS), pending.logs)
+    kinds: dict[tuple[Any, ...], list[_Move]] = {}
+    for move in pending.moves:
+        kind = (move.to, move.now, move.only_from, tuple(sorted(move.fields)))
+        kinds.setdefault(kind, []).append(move)
+    for moves in kinds.values():
+        _move_many(session, moves)
+
+
+def _move_many(session: Session, moves: list[_Move]) -> None:
+    """One executemany compare-and-set for moves alike but for their values."""
+    first = moves[0]
+    names = sorted(first.fields)
+    statement = (
+        update(_OPERATIONS)
+        .where(
+            _OPERATIONS.c.id == bindparam("m_id"),
+            _may_enter(first.to, first.now, first.only_from),
+        )
+        .values(
+            state=first.to.value,
+            updated_at=first.now,
+            **{name: bindparam(f"m_{name}", type_=_OPERATIONS.c[name].type) for name in names},
+        )
+    )
+    params = [{"m_id": m.operation_id, **{f"m_{n}": m.fields[n] for n in names}} for m in moves]
+    result = session.execute(statement, params, execution_options=_NO_SYNC)
+    ids = [m.operation_id for m in moves]
+    if result.rowcount == len(moves):  # type: ignore[attr-defined]
+        moved = ids
+    else:
+        # Another delivery got to some first: the ones that moved carry this move's time.
+        found = select(Operation.id).where(
+            Operation.id.in_(ids),
+            Operation.state == first.to.value,
+            Operation.updated_at == first.now,
+        )
+        moved = list(session.scalars(found))
+        for op_id in set(ids) - set(moved):
+            log.info("operation %s: not moved to %s (state changed elsewhere)", op_id, first.to)
+    _note_ended(session, first.to, moved, first.now)
