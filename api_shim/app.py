@@ -5,7 +5,14 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from api_shim import routes_bulk, routes_health, routes_metrics, routes_operations, routes_write
+from api_shim import (
+    routes_bulk,
+    routes_controls,
+    routes_health,
+    routes_metrics,
+    routes_operations,
+    routes_write,
+)
 from api_shim.console import routes as console
 from api_shim.problems import install_handlers
 from api_shim.routes_metrics import metrics_registry
@@ -33,6 +40,7 @@ def create_app(settings: Settings | None = None, *, wiring: Wiring | None = None
     app.include_router(routes_write.router)
     app.include_router(routes_bulk.router)
     app.include_router(routes_operations.router)
+    app.include_router(routes_controls.router)
     app.include_router(routes_health.router)
     app.include_router(routes_metrics.router)
     console.install(app, settings)

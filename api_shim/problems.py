@@ -18,7 +18,16 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from writejobs.clock import iso, utcnow
-from writejobs.errors import ContractError, KeyInFlight, KeyReused, NotFound, StoreUnavailable
+from writejobs.errors import (
+    ContractError,
+    InstallationPaused,
+    KeyInFlight,
+    KeyReused,
+    NotCancellable,
+    NotFound,
+    ReplayRefused,
+    StoreUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +151,28 @@ def install_handlers(app: FastAPI) -> None:
         remedy = "Use a new Idempotency-Key for a different request."
         return problem_response(request, ApiProblem(422, str(exc), remedy=remedy))
 
+    @app.exception_handler(InstallationPaused)
+    async def _paused(request: Request, exc: InstallationPaused) -> Response:
+        problem = ApiProblem(
+            409,
+            str(exc),
+            retryable=True,
+            retry_after=iso(utcnow() + timedelta(seconds=PAUSED_RETRY_AFTER_S)),
+            context={"installationId": exc.installation_id},
+            remedy="Send it again once the installation is resumed, or send it "
+            "asynchronously: asynchronous writes are accepted and wait.",
+        )
+        return problem_response(request, problem)
+
+    @app.exception_handler(NotCancellable)
+    async def _not_cancellable(request: Request, exc: NotCancellable) -> Response:
+        problem = ApiProblem(409, str(exc), context={"operationId": exc.operation_id})
+        return problem_response(request, problem)
+
+    @app.exception_handler(ReplayRefused)
+    async def _replay_refused(request: Request, exc: ReplayRefused) -> Response:
+        return problem_response(request, ApiProblem(400, str(exc)))
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
         issues = [
@@ -170,5 +201,8 @@ def install_handlers(app: FastAPI) -> None:
             ),
         )
 
+
+# What a paused installation's 409 suggests as the time to send again.
+PAUSED_RETRY_AFTER_S = 30
 
 _NOT_FOUND_REMEDY = "Verify the ids and that they belong to the project of your API key."

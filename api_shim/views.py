@@ -7,7 +7,7 @@ from typing import Any
 from writejobs.clock import as_utc, iso
 from writejobs.core.operations import public_status
 from writejobs.providers.base import BatchOutcome, RecordResult
-from writejobs.store.tables import Operation, OperationLog
+from writejobs.store.tables import Installation, Operation, OperationLog
 
 
 def operation_view(op: Operation) -> dict[str, Any]:
@@ -25,6 +25,15 @@ def operation_view(op: Operation) -> dict[str, Any]:
     }
     if op.batch_id is not None:
         metadata["batch"] = {"id": op.batch_id, "flushReason": op.flush_reason}
+    if op.replay_of is not None:
+        metadata["replayOf"] = op.replay_of
+    if op.waiting_reason is not None and public_status(op.state) == "in_progress":
+        waiting: dict[str, Any] = {"reason": op.waiting_reason}
+        if op.waiting_since is not None:
+            waiting["since"] = iso(as_utc(op.waiting_since))
+        metadata["waiting"] = waiting
+    if op.cancel_requested_at is not None:
+        metadata["cancelRequested"] = iso(as_utc(op.cancel_requested_at))
     view: dict[str, Any] = {
         "id": op.id,
         "projectId": op.project_id,
@@ -51,6 +60,26 @@ def operation_view(op: Operation) -> dict[str, Any]:
         view["deadline"] = iso(as_utc(op.deadline_at))
     if op.errors:
         view["errors"] = [{"message": m} for m in op.errors]
+    if op.last_error is not None and public_status(op.state) == "failure":
+        view["lastError"] = op.last_error
+    return view
+
+
+def installation_pause_view(
+    installation: Installation, released: int | None = None
+) -> dict[str, Any]:
+    """An installation's pause: whether, since when, why; and what a resume released."""
+    view: dict[str, Any] = {
+        "installationId": installation.id,
+        "groupRef": installation.group_ref,
+        "paused": installation.paused_at is not None,
+    }
+    if installation.paused_at is not None:
+        view["pausedAt"] = iso(as_utc(installation.paused_at))
+        if installation.paused_reason:
+            view["pausedReason"] = installation.paused_reason
+    if released is not None:
+        view["released"] = released
     return view
 
 

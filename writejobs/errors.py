@@ -7,6 +7,9 @@
     ├── StoreUnavailable         SQL could not record an accepted write (maps to 503)
     ├── KeyInFlight              an Idempotency-Key whose first request still runs (409)
     ├── KeyReused                an Idempotency-Key used for a different request (422)
+    ├── InstallationPaused       a synchronous write to a paused installation (409, retryable)
+    ├── NotCancellable           a cancel of an operation that ended or runs inline (409)
+    ├── ReplayRefused            a replay of operations that cannot be replayed (400)
     ├── CredentialsUnreadable    stored credentials this process has no key for
     ├── UnsafeUrl                a recordsURL (or a redirect) we refuse to fetch
     ├── FetchFailed              the fetch of a safe recordsURL went wrong
@@ -53,6 +56,30 @@ class KeyReused(WritejobsError):
 
     def __init__(self) -> None:
         super().__init__("this Idempotency-Key was already used for a different request")
+
+
+class InstallationPaused(WritejobsError):
+    """An operator paused the installation: a synchronous write cannot wait, so it is
+    refused (409, retryable); asynchronous writes are accepted and wait."""
+
+    def __init__(self, installation_id: str, reason: str | None) -> None:
+        because = f": {reason}" if reason else ""
+        super().__init__(f"the installation is paused{because}")
+        self.installation_id = installation_id
+        self.reason = reason
+
+
+class NotCancellable(WritejobsError):
+    """The operation cannot be cancelled: it has ended, or it is a synchronous write
+    whose one attempt belongs to its request (409)."""
+
+    def __init__(self, operation_id: str, message: str) -> None:
+        super().__init__(message)
+        self.operation_id = operation_id
+
+
+class ReplayRefused(WritejobsError):
+    """The operations named cannot be replayed (400); the message says which and why."""
 
 
 class CredentialsUnreadable(WritejobsError):

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # ...and a queued or lapsed running operation this long untouched is sent again
     # (its task was lost with a killed worker or a broker that lost data).
     stalled_after_s: float = Field(default=300.0, gt=0)
+    # A paused installation's waiting work is looked at again after this long, then
+    # after as long as it has waited so far (at most a minute); resuming releases it at once.
+    pause_recheck_s: float = Field(default=5.0, gt=0)
     # The watchdog ends any operation still unfinished this long after its deadline.
     watchdog_grace_s: float = Field(default=60.0, gt=0)
     # An `Idempotency-Key` is honoured this long after its first request (then purged).

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from writejobs.clock import as_utc
-from writejobs.core.operations import State
+from writejobs.core.operations import FAILURES, State
 from writejobs.store.console_queries import OperationFilter
 from writejobs.store.operations_repo import decode_page_token, encode_page_token
 
@@ -24,7 +24,7 @@ PUBLIC_STATUSES: dict[str, tuple[str, ...]] = {
         State.RETRYING.value,
     ),
     "success": (State.SUCCEEDED.value, State.PARTIALLY_SUCCEEDED.value),
-    "failure": (State.FAILED.value, State.EXPIRED.value),
+    "failure": tuple(s.value for s in FAILURES),
 }
 STATES: tuple[str, ...] = tuple(s.value for s in State)
 # Quick time windows offered next to the since/until fields.

@@ -47,7 +47,7 @@ def test_ages_are_told_in_their_largest_whole_unit(then: datetime, said: str) ->
 def test_a_public_status_filters_on_its_states_and_a_window_sets_since() -> None:
     query = read_query("failure", " contacts ", "", "", "1h", None)
     flt = query.store_filter(NOW)
-    assert flt.states == ("failed", "expired")
+    assert flt.states == ("failed", "expired", "cancelled")
     assert flt.object_name == "contacts"
     assert flt.since == NOW - timedelta(hours=1)
     assert query.params() == {"status": "failure", "object": "contacts", "window": "1h"}

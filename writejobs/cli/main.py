@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from writejobs.cli import pieces, webhook_admin
+from writejobs.cli import operator_admin, pieces, webhook_admin
 from writejobs.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -556,6 +556,7 @@ def _project(session: Session, id_or_name: str) -> Project:
 
 
 webhook_admin.register(admin, _sessions, _project, console)
+operator_admin.register(admin, _sessions, _project, console)
 
 if __name__ == "__main__":
     main()

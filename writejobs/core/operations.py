@@ -5,9 +5,14 @@
                   │           ▼  │
                   └──────── retrying
 
+    pending | queued | retrying ──▶ cancelled ◀── running (once its attempt settles)
+
 `pending` is an auto-batched record waiting in its group's buffer. A move is a
 compare-and-set in SQL (see `store.operations_repo.transition`), so a task that
-is delivered twice can never run a finished operation again.
+is delivered twice can never run a finished operation again. `cancelled` is an
+operator's (or the project's) decision: a waiting operation enters it at once; a
+running one is only marked, and enters it when its attempt settles with records
+left to retry (see `execution.cancel`).
 """
 
 from __future__ import annotations
@@ -24,11 +29,14 @@ class State(StrEnum):
     PARTIALLY_SUCCEEDED = "partially_succeeded"
     FAILED = "failed"
     EXPIRED = "expired"
+    CANCELLED = "cancelled"
 
 
 TERMINAL: frozenset[State] = frozenset(
-    {State.SUCCEEDED, State.PARTIALLY_SUCCEEDED, State.FAILED, State.EXPIRED}
+    {State.SUCCEEDED, State.PARTIALLY_SUCCEEDED, State.FAILED, State.EXPIRED, State.CANCELLED}
 )
+# The contract's `failure`: the operations an operator lists as dead letters.
+FAILURES: tuple[State, ...] = (State.FAILED, State.EXPIRED, State.CANCELLED)
 
 # Which states each state may be entered from. Two moves into `running` are
 # guarded: from `retrying` only once the wait is over, and from `running` only
@@ -43,6 +51,7 @@ ALLOWED_FROM: dict[State, frozenset[State]] = {
     State.PARTIALLY_SUCCEEDED: frozenset({State.RUNNING}),
     State.FAILED: frozenset({State.RUNNING, State.QUEUED, State.PENDING, State.RETRYING}),
     State.EXPIRED: frozenset({State.RUNNING, State.QUEUED, State.PENDING, State.RETRYING}),
+    State.CANCELLED: frozenset({State.RUNNING, State.QUEUED, State.PENDING, State.RETRYING}),
 }
 
 
@@ -53,7 +62,7 @@ def public_status(state: str) -> str:
     """
     if state in (State.SUCCEEDED, State.PARTIALLY_SUCCEEDED):
         return "success"
-    if state in (State.FAILED, State.EXPIRED):
+    if state in FAILURES:
         return "failure"
     return "in_progress"
 

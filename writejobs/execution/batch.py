@@ -18,6 +18,7 @@ from writejobs.core.contract import WriteRequest
 from writejobs.core.operations import State
 from writejobs.execution.crash import end_crashed, is_transient
 from writejobs.execution.deps import ExecutionDeps
+from writejobs.execution.gate import admit_batch
 from writejobs.execution.repeats import natural_key, note_takeover
 from writejobs.execution.run import (
     attempt_write,
@@ -27,7 +28,7 @@ from writejobs.execution.run import (
 from writejobs.execution.settle import Attempt, settle
 from writejobs.providers.base import WriteItem, WriteOptions
 from writejobs.store import operations_repo, tenants_repo
-from writejobs.store.tables import Operation
+from writejobs.store.tables import Installation, Operation
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,13 @@ def run_batch(
     """Write the members of a batch that this delivery could take; count how they settled.
 
     Each member moves into `running` by compare-and-set, so a redelivered task
-    writes only members no live delivery holds and none that finished.
+    writes only members no live delivery holds and none that finished (nor any
+    cancelled). A paused installation's batch waits (`execution.gate`).
     """
     with deps.sessions() as session:
+        installation = _installation_of(session, batch_id)
+        if installation is not None and not admit_batch(session, batch_id, installation, deps):
+            return {}
         now = deps.clock()
         # Members a dead worker held: their previous attempt may have reached the provider.
         held = operations_repo.lapsed_holders(session, batch_id, now=now)
@@ -58,6 +63,14 @@ def run_batch(
                 raise
             ids = [op.id for op in taken]
             raise end_crashed(session, ids, exc, now=deps.clock()) from None
+
+
+def _installation_of(session: Session, batch_id: str) -> Installation | None:
+    """The installation of a batch's members (one group: one installation), if any."""
+    installation_id = operations_repo.batch_installation(session, batch_id)
+    if installation_id is None:
+        return None
+    return tenants_repo.get_installation(session, installation_id)
 
 
 def _write_members(
@@ -116,6 +129,8 @@ def _write_members(
     now = deps.clock()
     counts: dict[str, int] = {}
     waiting: dict[str, datetime] = {}
+    # Cancels asked for while the call ran, read once for every member.
+    cancels = operations_repo.cancels_requested(session, [op.id for op in taken])
     # Each member settles on its own; their log lines and moves are written together.
     with operations_repo.deferred(session):
         for index, op in enumerate(taken):
@@ -123,7 +138,15 @@ def _write_members(
                 {0: attempt.results[index]}, list(attempt.errors), attempt.retry_after_s
             )
             member = claim_own_duplicates(session, op, member, now)
-            settled = settle(session, op, member, now=now, may_retry=True, rng=deps.rng)
+            settled = settle(
+                session,
+                op,
+                member,
+                now=now,
+                may_retry=True,
+                rng=deps.rng,
+                cancel_requested=op.id in cancels,
+            )
             counts[settled.state.value] = counts.get(settled.state.value, 0) + 1
             if settled.state is State.RETRYING and settled.next_attempt_at is not None:
                 waiting[op.id] = settled.next_attempt_at

@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -41,10 +42,12 @@ from writejobs.errors import (
     UnsafeUrl,
 )
 from writejobs.execution.bulk_rows import log_failed_rows, log_written_rows
+from writejobs.execution.cancel import CANCELLED
+from writejobs.execution.cancel import summary as cancel_summary
 from writejobs.execution.deps import ExecutionDeps
 from writejobs.execution.fetch_guard import open_csv_url
 from writejobs.execution.lease import LeaseKeeper
-from writejobs.execution.settle import Tally, conclude, decide, expiry_message
+from writejobs.execution.settle import Settled, Tally, conclude, decide, expiry_message
 from writejobs.providers.salesforce_bulk import JobStatus, SalesforceBulkIngest
 from writejobs.store import operations_repo, tenants_repo
 from writejobs.store.tables import Operation
@@ -302,11 +305,38 @@ def _settle(
 ) -> State:
     """Hand the job's counts to the one settle path (`decide`, `conclude`), and commit."""
     now = deps.clock()
-    settled = decide(op, tally, now=now, may_retry=True, rng=deps.rng)
+    cancel = bool(tally.retryable) and operations_repo.cancel_requested(session, op.id)
+    settled = decide(op, tally, now=now, may_retry=True, rng=deps.rng, cancel_requested=cancel)
+    moved = _conclude(session, op, settled, tally, now, summary, errors, details, fields)
+    if not moved and settled.state is State.RETRYING:
+        # A cancel came while this settled: the retry refused it, the cancel ends it.
+        if operations_repo.cancel_requested(session, op.id):
+            settled = Settled(State.CANCELLED)
+            _conclude(session, op, settled, tally, now, summary, errors, details, fields)
+    session.commit()
+    if settled.state is State.RETRYING:
+        assert settled.next_attempt_at is not None
+        deps.schedule_retry("op", op.id, settled.next_attempt_at)
+    return settled.state
+
+
+def _conclude(
+    session: Session,
+    op: Operation,
+    settled: Settled,
+    tally: Tally,
+    now: datetime,
+    summary: str | None,
+    errors: list[str] | None,
+    details: dict[str, Any] | None,
+    fields: dict[str, Any],
+) -> bool:
     if settled.state is State.EXPIRED:
         message = expiry_message(tally.last_error)
         summary, errors = f"[{op.object_name}] {message}", [message]
-    conclude(
+    elif settled.state is State.CANCELLED:
+        summary, errors = cancel_summary(op, tally.succeeded, tally.failed), [CANCELLED]
+    return conclude(
         session,
         op,
         settled,
@@ -317,11 +347,6 @@ def _settle(
         details=details,
         **fields,
     )
-    session.commit()
-    if settled.state is State.RETRYING:
-        assert settled.next_attempt_at is not None
-        deps.schedule_retry("op", op.id, settled.next_attempt_at)
-    return settled.state
 
 
 def _abandon(session: Session, op: Operation, ingest: SalesforceBulkIngest, job_id: str) -> None:

@@ -20,6 +20,7 @@ from writejobs.errors import ProviderError
 from writejobs.execution.bulk import run_bulk_attempt
 from writejobs.execution.crash import end_crashed, is_transient
 from writejobs.execution.deps import ExecutionDeps
+from writejobs.execution.gate import admit_operation
 from writejobs.execution.repeats import natural_key, note_takeover
 from writejobs.execution.settle import Attempt, indices_to_try, settle
 from writejobs.providers.base import (
@@ -32,6 +33,9 @@ from writejobs.store import operations_repo, tenants_repo
 from writejobs.store.tables import Installation, Operation
 
 log = logging.getLogger(__name__)
+
+# Waiting for an attempt: what the admission gate looks at before one starts.
+WAITING = (State.QUEUED.value, State.RETRYING.value)
 
 
 def write_options(request: WriteRequest) -> WriteOptions:
@@ -102,6 +106,8 @@ def start_attempt(session: Session, op: Operation, deps: ExecutionDeps, now: dat
         lease_s=deps.settings.running_lease_s,
         attempts=op.attempts + 1,
         last_attempt_at=now,
+        waiting_reason=None,
+        waiting_since=None,
     )
     session.commit()
     if moved:
@@ -114,8 +120,9 @@ def run_operation(operation_id: str, deps: ExecutionDeps) -> State | None:
     """Run one attempt of an asynchronous operation; the body of the worker's task.
 
     Returns the state it settled in, or None when another delivery holds the
-    operation, its wait is not over, or it already finished: a redelivered task
-    must not write again. A synchronous write is never run here: it had its one
+    operation, its wait is not over, the admission gate holds it back (a paused
+    installation; see `execution.gate`), or it already finished: a redelivered
+    task must not write again. A synchronous write is never run here: it had its one
     attempt in its request. If our own code raises during the attempt, the
     operation ends `failed` and a sanitized `WriteCrashed` is raised instead
     (see `execution.crash`).
@@ -130,6 +137,11 @@ def run_operation(operation_id: str, deps: ExecutionDeps) -> State | None:
             return None
         # Running under a lapsed lease: a previous attempt may have reached the provider.
         taken_over = op.state == State.RUNNING.value
+        if not taken_over and op.state in WAITING:
+            installation = tenants_repo.get_installation(session, op.installation_id)
+            assert installation is not None
+            if not admit_operation(session, op, installation, deps):
+                return None
         if not start_attempt(session, op, deps, deps.clock()):
             return None
         try:

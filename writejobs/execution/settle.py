@@ -10,7 +10,11 @@ its job's counters straight to `decide` and `conclude` (`execution.bulk`).
 * no record left that failed retryably → the terminal state its counts give;
 * some left, and the retry policy finds a time before the deadline → `retrying`;
 * some left and no time → `expired`, each such record failed with
-  "deadline exceeded" and the last provider error.
+  "deadline exceeded" and the last provider error;
+* some left, and a cancel was asked for while the attempt ran → `cancelled`,
+  each such record failed with "cancelled" (`execution.cancel`). The move into
+  `retrying` refuses an operation with a cancel request, so a cancel that comes
+  while this settles is never outlived by a retry.
 
 Nothing here commits: the caller owns the transaction.
 """
@@ -29,6 +33,8 @@ from writejobs.clock import as_utc, iso
 from writejobs.core.operations import State, outcome_state
 from writejobs.core.retry import next_attempt_at
 from writejobs.errors import ProviderError
+from writejobs.execution.cancel import CANCELLED, cancelled_rows
+from writejobs.execution.cancel import summary as cancel_summary
 from writejobs.providers.base import RecordResult
 from writejobs.store import operations_repo
 from writejobs.store.tables import Operation
@@ -100,10 +106,18 @@ def indices_to_try(op: Operation, *, all_or_none: bool) -> list[int]:
 
 
 def decide(
-    op: Operation, tally: Tally, *, now: datetime, may_retry: bool, rng: random.Random
+    op: Operation,
+    tally: Tally,
+    *,
+    now: datetime,
+    may_retry: bool,
+    rng: random.Random,
+    cancel_requested: bool = False,
 ) -> Settled:
-    """The one decision: terminal, retrying at a computed time, or expired (pure)."""
+    """The one decision: terminal, retrying at a computed time, expired, or cancelled (pure)."""
     if tally.retryable and may_retry:
+        if cancel_requested:
+            return Settled(State.CANCELLED)
         if op.deadline_at is not None:
             failures = op.backoff_failures + (0 if tally.retry_after_s is not None else 1)
             deadline = as_utc(op.deadline_at)
@@ -142,24 +156,12 @@ def conclude(
             if tally.retry_after_s is not None
             else f"backoff after {settled.backoff_failures} failed attempt(s)"
         )
-        operations_repo.add_log(
-            session,
-            op.id,
-            f"retrying {_unfinished(op, tally)} at {iso(at)}",
-            now=now,
-            error=tally.last_error,
-            details={
-                "delay_s": round((at - now).total_seconds(), 3),
-                "why": why,
-                "deadline": iso(as_utc(deadline)),
-                "attempt": op.attempts,
-            },
-        )
-        return operations_repo.transition(
+        moved = operations_repo.transition(
             session,
             op.id,
             State.RETRYING,
             now=now,
+            unless_cancel_requested=True,
             next_attempt_at=at,
             backoff_failures=settled.backoff_failures,
             last_error=tally.last_error,
@@ -168,6 +170,21 @@ def conclude(
             failure_count=tally.failed,
             **fields,
         )
+        if moved:
+            operations_repo.add_log(
+                session,
+                op.id,
+                f"retrying {_unfinished(op, tally)} at {iso(at)}",
+                now=now,
+                error=tally.last_error,
+                details={
+                    "delay_s": round((at - now).total_seconds(), 3),
+                    "why": why,
+                    "deadline": iso(as_utc(deadline)),
+                    "attempt": op.attempts,
+                },
+            )
+        return moved
     if settled.state is State.EXPIRED:
         operations_repo.add_log(
             session,
@@ -180,6 +197,16 @@ def conclude(
                 "records": tally.retryable,
                 "deadline": iso(as_utc(op.deadline_at)) if op.deadline_at else "none",
             },
+        )
+    if settled.state is State.CANCELLED:
+        operations_repo.add_log(
+            session,
+            op.id,
+            f"cancelled: {_unfinished(op, tally)} left unwritten, not retried",
+            now=now,
+            severity="WARNING",
+            error=tally.last_error,
+            details={"attempt": op.attempts},
         )
     state = settled.state
     operations_repo.add_log(
@@ -201,6 +228,7 @@ def conclude(
         now=now,
         errors=errors or None,
         result_summary=summary,
+        last_error=CANCELLED if state is State.CANCELLED else tally.last_error,
         next_attempt_at=None,
         success_count=tally.succeeded,
         failure_count=tally.failed,
@@ -221,8 +249,13 @@ def settle(
     now: datetime,
     may_retry: bool,
     rng: random.Random,
+    cancel_requested: bool | None = None,
 ) -> Settled:
-    """Merge a record write's attempt into the operation and move it to what comes next."""
+    """Merge a record write's attempt into the operation and move it to what comes next.
+
+    `cancel_requested` is whether a cancel was asked for while the attempt ran (a
+    batch reads it for all its members at once); None reads it here.
+    """
     rows: list[dict[str, Any]] = list(op.results or [{"success": False}] * op.record_count)
     for index, result in attempt.results.items():
         rows[index] = result_row(result)
@@ -235,9 +268,25 @@ def settle(
         retry_after_s=attempt.retry_after_s,
         last_error=_last_error(attempt) or op.last_error,
     )
-    settled = decide(op, tally, now=now, may_retry=may_retry, rng=rng)
+    cancel = bool(retryable) and may_retry
+    if cancel:
+        cancel = (
+            operations_repo.cancel_requested(session, op.id)
+            if cancel_requested is None
+            else cancel_requested
+        )
+    settled = decide(op, tally, now=now, may_retry=may_retry, rng=rng, cancel_requested=cancel)
     if settled.state is State.RETRYING:
-        conclude(session, op, settled, tally, now=now, results=rows)
+        if conclude(session, op, settled, tally, now=now, results=rows):
+            return settled
+        if not operations_repo.cancel_requested(session, op.id):
+            return settled  # another delivery or the watchdog moved it: not ours to end
+        settled = Settled(State.CANCELLED)
+    if settled.state is State.CANCELLED:
+        rows = cancelled_rows(rows)
+        summary = cancel_summary(op, _count(rows, True), _count(rows, False))
+        errors = [CANCELLED, *_failed_rows(rows)]
+        conclude(session, op, settled, tally, now=now, summary=summary, errors=errors, results=rows)
         return settled
     if settled.state is State.EXPIRED:
         _expire_rows(session, op, rows, retryable, tally, now)

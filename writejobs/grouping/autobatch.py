@@ -146,7 +146,7 @@ class AutoBatcher:
         self.failpoint("flush.after_claim")
         now = self.clock()
         with self.sessions() as session:
-            moved = operations_repo.assign_batch(
+            moved = operations_repo.assign_batch_ids(
                 session, claim.member_ids, claim.batch_id, claim.reason, now=now
             )
             details = {
@@ -163,7 +163,7 @@ class AutoBatcher:
                         "details": details,
                         "msg": f"flushed in batch ({claim.reason})",
                     }
-                    for op_id in claim.member_ids
+                    for op_id in moved
                 ],
             )
             session.commit()
@@ -174,7 +174,7 @@ class AutoBatcher:
         # Kept a day for metrics and debugging; SQL holds the batch for good.
         pipe.expire(self.keys.batch(claim.batch_id), 86400)
         pipe.execute()
-        self._record_flush(claim, now, moved)
+        self._record_flush(claim, now, len(moved))
 
     def resend_unsent(self, now: datetime) -> list[str]:
         """Finish claims whose flusher died between claim and send (older than the grace)."""

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from writejobs.core.contract import WriteRequest, check_target_names
 from writejobs.core.json_input import shown
 from writejobs.core.operations import State
-from writejobs.errors import ContractError, NotFound, ProviderError
+from writejobs.errors import ContractError, InstallationPaused, NotFound, ProviderError
 from writejobs.execution.crash import end_crashed
 from writejobs.execution.deps import ExecutionDeps
 from writejobs.execution.run import attempt_write, request_items, write_options
@@ -81,6 +81,8 @@ def accept_write(
     deps: ExecutionDeps,
     dispatch: Dispatch,
     claim: KeyClaim | None = None,
+    *,
+    replay_of: str | None = None,
 ) -> Accepted:
     """Validate routing, commit the operation row, then execute, enqueue or buffer it.
 
@@ -88,29 +90,36 @@ def accept_write(
     (`in_flight` for a synchronous write, `done` otherwise; see intake.idempotency),
     and a key already taken raises `IntegrityError` with nothing recorded.
 
+    `replay_of` names the operation whose failed records this write replays
+    (`intake.replay`); the new operation's `metadata.replayOf` says so.
+
     Raises `NotFound` for an unknown integration, `ContractError` for a request
-    the installation cannot take, and `StoreUnavailable` when the row cannot be
-    committed. Redis being down is no error here: a committed write is accepted
-    and the hand-off sweep sends it later (see `writejobs.intake.handoff`).
+    the installation cannot take, `InstallationPaused` for a synchronous write
+    to a paused installation (asynchronous ones are accepted and wait), and
+    `StoreUnavailable` when the row cannot be committed. Redis being down is no
+    error here: a committed write is accepted and the hand-off sweep sends it
+    later (see `writejobs.intake.handoff`).
     """
     with recording():
         installation = find_installation(target, request.group_ref, dispatch.directory)
+    if not request.is_async and installation.paused_at is not None:
+        # Nothing is recorded: the client sends it again once the installation is resumed.
+        raise InstallationPaused(installation.id, installation.paused_reason)
     if request.type == "delete" and target.object_name not in installation.deletable_objects:
         raise ContractError(
             f"deletion is not enabled for object {shown(target.object_name)} in this installation"
         )
     op = _new_operation(target, request, installation, deps)
-    accepted = operations_repo.log_row(
-        op.id,
-        "write accepted",
-        now=op.created_at,
-        details={
-            "mode": request.mode,
-            "type": request.type,
-            "shape": op.shape,
-            "records": op.record_count,
-        },
-    )
+    details: dict[str, Any] = {
+        "mode": request.mode,
+        "type": request.type,
+        "shape": op.shape,
+        "records": op.record_count,
+    }
+    if replay_of is not None:
+        op.replay_of = replay_of
+        details["replay_of"] = replay_of
+    accepted = operations_repo.log_row(op.id, "write accepted", now=op.created_at, details=details)
     if not request.is_async:
         keys = [] if claim is None else [claim.row(op.id, op.created_at, None)]
         with deps.sessions() as session:

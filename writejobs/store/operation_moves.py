@@ -26,6 +26,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.orm import Session, sessionmaker
@@ -55,6 +56,7 @@ def transition(
     now: datetime,
     lease_s: float | None = None,
     only_from: frozenset[State] | None = None,
+    unless_cancel_requested: bool = False,
     **fields: Any,
 ) -> bool:
     """Move an operation to `to` if its current state allows it; say if it moved.
@@ -62,14 +64,20 @@ def transition(
     A compare-and-set (`UPDATE … WHERE id = :id AND <may enter>`, see
     `_may_enter`). False means another delivery got there first, and the caller
     must stop. `only_from` narrows the states moved from (a subset of
-    `ALLOWED_FROM[to]`). The caller commits. Inside `deferred(session)` the move
-    is gathered (and True returned) to be made with its like when the block ends.
+    `ALLOWED_FROM[to]`); `unless_cancel_requested` refuses the move once a cancel
+    has been asked for (a retry must not outlive a cancel). The caller commits.
+    Inside `deferred(session)` the move is gathered (and True returned) to be made
+    with its like when the block ends.
     """
     pending = session.info.get(_DEFERRED)
     if pending is not None and to is not State.RUNNING:
-        pending.moves.append(_Move(operation_id, to, now, only_from, fields))
+        move = _Move(operation_id, to, now, only_from, fields, unless_cancel_requested)
+        pending.moves.append(move)
         return True
-    moved = bool(_move(session, Operation.id == operation_id, to, now, lease_s, only_from, fields))
+    which = Operation.id == operation_id
+    if unless_cancel_requested:
+        which = and_(which, Operation.cancel_requested_at.is_(None))
+    moved = bool(_move(session, which, to, now, lease_s, only_from, fields))
     if not moved:
         log.info("operation %s: not moved to %s (state changed elsewhere)", operation_id, to)
     return moved
@@ -130,15 +138,23 @@ def _note_ended(session: Session, to: State, moved: list[str], now: datetime) ->
 def assign_batch(
     session: Session, operation_ids: list[str], batch_id: str, reason: str, *, now: datetime
 ) -> int:
-    """Move pending members into a flushed batch (`pending` → `queued`); count those moved.
+    """`assign_batch_ids`, counted."""
+    return len(assign_batch_ids(session, operation_ids, batch_id, reason, now=now))
 
-    Members no longer pending (a flush already recorded them) are left alone, so
-    re-running a flush after a crash is harmless.
+
+def assign_batch_ids(
+    session: Session, operation_ids: list[str], batch_id: str, reason: str, *, now: datetime
+) -> list[str]:
+    """Move pending members into a flushed batch (`pending` → `queued`); the ids moved.
+
+    Members no longer pending (a flush already recorded them, or they were
+    cancelled while buffered) are left alone, so re-running a flush after a crash
+    is harmless and a cancelled record is never written.
     """
     fields = {"batch_id": batch_id, "flush_reason": reason}
     pending = frozenset({State.PENDING})
     which = Operation.id.in_(operation_ids)
-    return len(_move(session, which, State.QUEUED, now, None, pending, fields))
+    return _move(session, which, State.QUEUED, now, None, pending, fields)
 
 
 def take_batch(
@@ -149,7 +165,12 @@ def take_batch(
     The same compare-and-set as `transition` to `running`; returns the members
     this call took, oldest first (the caller commits).
     """
-    fields = {"attempts": Operation.attempts + 1, "last_attempt_at": now}
+    fields = {
+        "attempts": Operation.attempts + 1,
+        "last_attempt_at": now,
+        "waiting_reason": None,
+        "waiting_since": None,
+    }
     taken = _move(
         session, Operation.batch_id == batch_id, State.RUNNING, now, lease_s, None, fields
     )
@@ -193,6 +214,7 @@ class _Move:
     now: datetime
     only_from: frozenset[State] | None
     fields: dict[str, Any]
+    unless_cancel_requested: bool = False
 
 
 @dataclass(slots=True)
@@ -225,7 +247,13 @@ def deferred(session: Session) -> Iterator[None]:
         session.execute(insert(_LOGS), pending.logs)
     kinds: dict[tuple[Any, ...], list[_Move]] = {}
     for move in pending.moves:
-        kind = (move.to, move.now, move.only_from, tuple(sorted(move.fields)))
+        kind = (
+            move.to,
+            move.now,
+            move.only_from,
+            move.unless_cancel_requested,
+            tuple(sorted(move.fields)),
+        )
         kinds.setdefault(kind, []).append(move)
     for moves in kinds.values():
         _move_many(session, moves)
@@ -240,6 +268,9 @@ def _move_many(session: Session, moves: list[_Move]) -> None:
         .where(
             _OPERATIONS.c.id == bindparam("m_id"),
             _may_enter(first.to, first.now, first.only_from),
+            _OPERATIONS.c.cancel_requested_at.is_(None)
+            if first.unless_cancel_requested
+            else true(),
         )
         .values(
             state=first.to.value,

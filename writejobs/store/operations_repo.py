@@ -17,6 +17,7 @@ from sqlalchemy import (
     Table,
     and_,
     delete,
+    func,
     insert,
     or_,
     select,
@@ -26,12 +27,13 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from writejobs.clock import as_utc, iso
-from writejobs.core.operations import State
+from writejobs.core.operations import TERMINAL, State
 
 # The state machine's moves live in operation_moves; callers reach them through here too.
+from writejobs.store.operation_moves import _may_enter, defer_log
 from writejobs.store.operation_moves import assign_batch as assign_batch
+from writejobs.store.operation_moves import assign_batch_ids as assign_batch_ids
 from writejobs.store.operation_moves import count_finished as count_finished
-from writejobs.store.operation_moves import defer_log
 from writejobs.store.operation_moves import deferred as deferred
 from writejobs.store.operation_moves import take_batch as take_batch
 from writejobs.store.operation_moves import transition as transition
@@ -327,3 +329,105 @@ def lapsed_holders(session: Session, batch_id: str, *, now: datetime) -> set[str
         Operation.lease_expires_at < now,
     )
     return set(session.scalars(statement))
+
+
+def startable_members(session: Session, batch_id: str, *, now: datetime) -> list[Operation]:
+    """The members of a batch that `take_batch` would take now (queued, or retrying and
+    due), without taking them: what the admission gate looks at first."""
+    waiting = frozenset({State.QUEUED, State.RETRYING})
+    statement = select(Operation).where(
+        Operation.batch_id == batch_id, _may_enter(State.RUNNING, now, waiting)
+    )
+    return list(session.scalars(statement.order_by(Operation.created_at)))
+
+
+def note_waiting(
+    session: Session,
+    operation_ids: list[str],
+    reason: str,
+    *,
+    now: datetime,
+    until: datetime,
+) -> list[str]:
+    """Hold queued or due retrying operations back until `until`, saying why (no attempt).
+
+    Their `next_attempt_at` becomes `until` (so a retrying one cannot be started
+    earlier) and `waiting_since` is kept from the first time; returns the ids held.
+    """
+    waiting = frozenset({State.QUEUED, State.RETRYING})
+    statement = (
+        update(Operation)
+        .where(Operation.id.in_(operation_ids), _may_enter(State.RUNNING, now, waiting))
+        .values(
+            waiting_reason=reason,
+            waiting_since=func.coalesce(Operation.waiting_since, now),
+            next_attempt_at=until,
+            updated_at=now,
+        )
+        .returning(Operation.id)
+    )
+    return list(session.scalars(statement, execution_options=_NO_SYNC))
+
+
+def release_waiting(
+    session: Session, installation_id: str, reason: str, *, now: datetime
+) -> list[tuple[str, str | None]]:
+    """Make an installation's operations held for `reason` due now; (id, batch id) of each.
+
+    The caller sends their tasks (through the retry queue) after it commits.
+    """
+    waiting = [State.QUEUED.value, State.RETRYING.value]
+    statement = (
+        update(Operation)
+        .where(
+            Operation.installation_id == installation_id,
+            Operation.state.in_(waiting),
+            Operation.waiting_reason == reason,
+        )
+        .values(next_attempt_at=now, updated_at=now)
+        .returning(Operation.id, Operation.batch_id)
+    )
+    return [(row[0], row[1]) for row in session.execute(statement, execution_options=_NO_SYNC)]
+
+
+def request_cancel(session: Session, operation_id: str, *, now: datetime) -> bool:
+    """Mark an unfinished operation as to be cancelled; False when it has ended (or is
+    unknown). Taking the row first makes the caller's next read of it current."""
+    statement = (
+        update(Operation)
+        .where(
+            Operation.id == operation_id,
+            Operation.state.not_in([s.value for s in TERMINAL]),
+        )
+        .values(cancel_requested_at=func.coalesce(Operation.cancel_requested_at, now))
+    )
+    marked: bool = session.execute(statement, execution_options=_NO_SYNC).rowcount == 1  # type: ignore[attr-defined]
+    return marked
+
+
+def cancel_requested(session: Session, operation_id: str) -> bool:
+    """Whether a cancel was asked for, read now (not from a loaded object)."""
+    statement = select(Operation.cancel_requested_at).where(Operation.id == operation_id)
+    return session.scalar(statement) is not None
+
+
+def cancels_requested(session: Session, operation_ids: list[str]) -> set[str]:
+    """Which of these operations a cancel was asked for, in one read."""
+    statement = select(Operation.id).where(
+        Operation.id.in_(operation_ids), Operation.cancel_requested_at.is_not(None)
+    )
+    return set(session.scalars(statement))
+
+
+def replay_of(session: Session, original_id: str) -> str | None:
+    """The id of the operation that replays `original_id`, if there is one."""
+    statement = select(Operation.id).where(Operation.replay_of == original_id)
+    found: str | None = session.scalar(statement)
+    return found
+
+
+def batch_installation(session: Session, batch_id: str) -> str | None:
+    """The installation of a batch's members (they share one), or None for no members."""
+    statement = select(Operation.installation_id).where(Operation.batch_id == batch_id).limit(1)
+    found: str | None = session.scalar(statement)
+    return found

@@ -83,6 +83,10 @@ class Installation(Base):
     # key: `{"contacts": "email", "Account": "External_Id__c"}`), so a create that
     # carries it is written as an upsert and a repeated attempt cannot duplicate it.
     natural_keys: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # Set while an operator holds its writes back (`writejobs admin pause-installation`):
+    # synchronous writes are refused (409), asynchronous ones are accepted and wait.
+    paused_at: Mapped[datetime | None] = mapped_column(default=None)
+    paused_reason: Mapped[str | None] = mapped_column(Text, default=None)
     config_id: Mapped[str] = mapped_column(String(36))
     created_at: Mapped[datetime]
 
@@ -117,6 +121,9 @@ class Operation(Base):
             postgresql_where=text("handoff_failed_at IS NOT NULL"),
             sqlite_where=text("handoff_failed_at IS NOT NULL"),
         ),
+        # Dead letters across a project's installations (store/dead_letters.py).
+        Index("ix_operations_project_state_created", "project_id", "state", "created_at", "id"),
+        Index("ix_operations_replay_of", "replay_of", unique=True),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -157,6 +164,16 @@ class Operation(Base):
     # When the intake could not hand the committed operation to Redis (its task not
     # sent, or its buffer append failed); the hand-off sweep sends it and clears this.
     handoff_failed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Why it waits without an attempt (execution/gate.py: "installation paused"), and
+    # since when; cleared when an attempt starts.
+    waiting_reason: Mapped[str | None] = mapped_column(String(100), default=None)
+    waiting_since: Mapped[datetime | None] = mapped_column(default=None)
+    # A cancel that found it running: its attempt finishes, then it ends `cancelled`
+    # instead of retrying (execution/cancel.py).
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The operation whose failed records this one writes again (intake/replay.py);
+    # unique, so an original is replayed once (replay the replay to try again).
+    replay_of: Mapped[str | None] = mapped_column(String(36), default=None)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 

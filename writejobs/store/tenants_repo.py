@@ -164,6 +164,26 @@ def set_natural_key(
     return True
 
 
+def set_paused(
+    session: Session, installation_id: str, *, now: datetime | None, reason: str | None = None
+) -> bool:
+    """Pause an installation at `now` (None: resume it); False when there is no such row.
+
+    Pausing an installation already paused keeps its first `paused_at`, so "paused
+    since" stays true, and replaces the reason.
+    """
+    installation = session.get(Installation, installation_id)
+    if installation is None:
+        return False
+    if now is None:
+        installation.paused_at, installation.paused_reason = None, None
+    else:
+        installation.paused_at = installation.paused_at or now
+        installation.paused_reason = reason
+    session.flush()
+    return True
+
+
 def find_installation(session: Session, integration_id: str, group_ref: str) -> Installation | None:
     statement = select(Installation).where(
         Installation.integration_id == integration_id, Installation.group_ref == group_ref
