@@ -556,7 +556,7 @@ def _project(session: Session, id_or_name: str) -> Project:
 
 
 webhook_admin.register(admin, _sessions, _project, console)
-operator_admin.register(admin, _sessions, _project, console)
+operator_admin.register(admin, _sessions, _project)
 
 if __name__ == "__main__":
     main()

@@ -13,8 +13,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from writejobs.cli.webhook_admin import parse_since
 
@@ -26,15 +24,15 @@ if TYPE_CHECKING:
     from writejobs.store.tables import Installation, Operation, Project
 
 FAILURE_STATES = ("failed", "expired", "cancelled")
+COLUMNS = ("operation", "state", "installation", "object", "shape", "failed", "accepted", "reason")
 
 
 def register(
     admin: typer.Typer,
     sessions: Callable[[], Session],
     project_of: Callable[[Session, str], Project],
-    console: Console,
 ) -> None:
-    """Add the operator commands to `admin`."""
+    """Add the operator commands to `admin`. They print plain lines (ids never wrap)."""
 
     def installation_of(
         session: Session, project: str, integration: str, group_ref: str
@@ -64,7 +62,7 @@ def register(
         with sessions() as session:
             installation_id = installation_of(session, project, integration, group_ref).id
         paused = controls.pause(_deps(), installation_id, reason=reason or None, by="admin")
-        console.print(f"{installation_id}: paused since {_when(paused.installation.paused_at)}")
+        typer.echo(f"{installation_id}: paused since {_when(paused.installation.paused_at)}")
 
     @admin.command("resume-installation")
     def resume_installation(project: str, integration: str, group_ref: str) -> None:
@@ -74,7 +72,7 @@ def register(
         with sessions() as session:
             installation_id = installation_of(session, project, integration, group_ref).id
         resumed = controls.resume(_deps(), installation_id, by="admin")
-        console.print(f"{installation_id}: resumed, {resumed.released} operation(s) released")
+        typer.echo(f"{installation_id}: resumed, {resumed.released} operation(s) released")
 
     @admin.command("cancel-operation")
     def cancel_operation(project: str, operation_id: str) -> None:
@@ -89,9 +87,9 @@ def register(
         except (NotFound, NotCancellable) as exc:
             raise typer.BadParameter(str(exc)) from None
         if outcome.outcome == "cancelled":
-            console.print(f"{operation_id}: cancelled")
+            typer.echo(f"{operation_id}: cancelled")
         else:
-            console.print(f"{operation_id}: {outcome.state}; cancelled once its attempt settles")
+            typer.echo(f"{operation_id}: {outcome.state}; cancelled once its attempt settles")
 
     @admin.command("dead-letters")
     def dead_letters(
@@ -111,18 +109,9 @@ def register(
         from writejobs.clock import iso
         from writejobs.store.dead_letters import collect as dead_letters_of
 
-        table = Table(show_header=True)
-        for column in (
-            "operation",
-            "state",
-            "installation",
-            "object",
-            "shape",
-            "failed",
-            "accepted",
-            "reason",
-        ):
-            table.add_column(column, overflow="fold")
+        # Tab-separated, one line each, whatever the terminal's width: ready for `cut`,
+        # and for `writejobs admin replay PROJECT $(… | cut -f1 | tail -n +2)`.
+        typer.echo("\t".join(COLUMNS))
         with sessions() as session:
             found = project_of(session, project)
             flt = _filter(
@@ -130,7 +119,7 @@ def register(
             )
             for op in dead_letters_of(session, found.id, flt, limit):
                 reason = op.last_error or (op.errors or [""])[0] or op.result_summary or ""
-                table.add_row(
+                row = (
                     op.id,
                     op.state,
                     op.installation_id,
@@ -138,9 +127,9 @@ def register(
                     op.shape,
                     f"{op.record_count - op.success_count}/{op.record_count}",
                     iso(op.created_at),
-                    reason[:200],
+                    " ".join(reason.split())[:200],
                 )
-        console.print(table)
+                typer.echo("\t".join(row))
 
     @admin.command("replay")
     def replay(
@@ -203,10 +192,10 @@ def register(
             raise typer.BadParameter(str(exc)) from None
         for r in results:
             if r.replay_id is None:
-                console.print(f"{r.operation_id}: skipped: {r.skipped}")
+                typer.echo(f"{r.operation_id}: skipped: {r.skipped}")
             else:
                 already = " (replayed earlier)" if r.already else ""
-                console.print(
+                typer.echo(
                     f"{r.operation_id} -> {r.replay_id}: {len(r.records)} record(s){already}"
                 )
 
