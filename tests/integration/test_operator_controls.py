@@ -252,6 +252,34 @@ def test_a_running_attempt_finishes_first_then_ends_cancelled_instead_of_retryin
     assert "cancelled: 1 record(s) left unwritten, not retried" in logs
 
 
+def test_an_auto_batch_member_cancelled_while_its_batch_runs_ends_cancelled_not_retrying(
+    c: Core,
+) -> None:
+    policy = {"autoBatchPolicy": {"maxDelayMinutes": 1}}
+    cancelled, other = (
+        c.accept({**ASYNC, **policy, "record": {"outcome": "retry", "n": n}}).operation.id
+        for n in (1, 2)
+    )
+    batch_id = str(uuid.uuid4())
+    with c.deps.sessions() as session:
+        operations_repo.assign_batch(session, [cancelled, other], batch_id, "time", now=c.clock())
+        session.commit()
+    c.sender.send_batch(batch_id)
+    write_batch = c.provider.write_batch
+
+    def cancelled_during_the_call(*args: Any, **kwargs: Any) -> Any:
+        controls.cancel(c.deps, c.tenant.project_id, cancelled, by="test")
+        return write_batch(*args, **kwargs)
+
+    c.provider.write_batch = cancelled_during_the_call  # type: ignore[method-assign]
+
+    assert c.deliver() == [{"cancelled": 1, "retrying": 1}]
+    assert c.operation(cancelled).state == "cancelled"
+    assert c.operation(other).state == "retrying"
+    [(kind, _retry_batch, _at)] = c.sender.waits
+    assert kind == "batch"
+
+
 def test_a_running_attempt_that_writes_everything_ends_as_it_ended_despite_a_cancel(
     c: Core,
 ) -> None:
