@@ -34,7 +34,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench_support import bench_redis  # noqa: E402
-from intake_bench import _drop_schema, _own_schema  # noqa: E402
+from bench_support import drop_schema as _drop_schema  # noqa: E402
+from bench_support import own_schema as _own_schema  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
 from tests.support.receiver import Receiver  # noqa: E402
