@@ -66,6 +66,7 @@ from writejobs.providers.http_common import (
     write_split,
 )
 from writejobs.providers.natural_keys import upsert_value
+from writejobs.providers.salesforce_headers import forwarded_headers
 
 PROVIDER = "salesforce"
 DISPLAY_NAME = "Salesforce"
@@ -84,20 +85,6 @@ REQUEST_LIMIT_EXCEEDED = "REQUEST_LIMIT_EXCEEDED"
 # `api-usage=18/5000`: calls in the last 24 hours / the org's allowance. The header may
 # carry more parts (`per-app-api-usage=…`), so the org's pair is found by its name.
 _API_USAGE = re.compile(r"(?:^|[,;\s])api-usage=(\d+)/(\d+)")
-# A caller's headers ride along only if Salesforce defines them as request headers of
-# its REST API ("Headers" in the REST API Developer Guide,
-# https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/headers.htm):
-# Sforce-Auto-Assign, Sforce-Call-Options, Sforce-Duplicate-Rule-Header, Sforce-Mru,
-# Sforce-Query-Options, Sforce-Enable-PKChunking (all `Sforce-*`), the package version
-# header `x-sfdc-packageversion-[namespace]`, and the conditional request headers
-# (https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/intro_rest_conditional_requests.htm).
-# An allowlist, not a denylist: Cookie, Proxy-Authorization, Connection, Expect and
-# whatever else a caller sends must never reach the org with our credentials.
-# The compression headers of that page are left out: the client frames the body.
-FORWARDED_HEADER_PREFIXES = ("sforce-", "x-sfdc-packageversion-")
-FORWARDED_HEADERS = frozenset(
-    {"if-match", "if-none-match", "if-modified-since", "if-unmodified-since"}
-)
 _NO_RESULT = "Salesforce returned no result for this record"
 _NOT_SENT = "not sent: another record of this all-or-none batch has no id"
 _MULTIPLE_MATCHES = "MULTIPLE_CHOICES: the external id matches more than one record"
@@ -400,18 +387,6 @@ def save_result(item: dict[str, Any], *, record_id: str | None = None) -> Record
         error=_join_errors(errors) or "Salesforce did not save this record",
         retryable=bool(codes & RETRYABLE_ERROR_CODES),
     )
-
-
-def forwarded_headers(options: WriteOptions) -> list[tuple[str, str]]:
-    """The caller's headers that Salesforce defines for API calls, to send overriding the
-    client's; any other header is dropped (see `FORWARDED_HEADER_PREFIXES`)."""
-    return [(k, v) for k, v in options.headers if is_forwarded_header(k)]
-
-
-def is_forwarded_header(name: str) -> bool:
-    """Whether `name` is a Salesforce REST API request header we pass on."""
-    lowered = name.strip().lower()
-    return lowered in FORWARDED_HEADERS or lowered.startswith(FORWARDED_HEADER_PREFIXES)
 
 
 def _is_save_results(body: Any) -> bool:
