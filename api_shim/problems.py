@@ -8,6 +8,7 @@ field); everything else that is not a write result is RFC 9457
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -25,6 +26,7 @@ from writejobs.errors import (
     KeyReused,
     NotCancellable,
     NotFound,
+    RateLimited,
     ReplayRefused,
     StoreUnavailable,
 )
@@ -41,6 +43,7 @@ _TITLES = {
     409: "Conflict",
     413: "Content Too Large",
     422: "Unprocessable Content",
+    429: "Too Many Requests",
     500: "Internal Server Error",
     502: "Bad Gateway",
     503: "Service Unavailable",
@@ -60,6 +63,8 @@ class ApiProblem(Exception):
         retry_after: str | None = None,
         context: dict[str, Any] | None = None,
         issues: list[dict[str, Any]] | None = None,
+        subsystem: str = "api",
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
@@ -69,6 +74,8 @@ class ApiProblem(Exception):
         self.retry_after = retry_after
         self.context = context
         self.issues = issues
+        self.subsystem = subsystem
+        self.headers = headers
 
 
 def problem_response(request: Request, problem: ApiProblem) -> JSONResponse:
@@ -77,7 +84,7 @@ def problem_response(request: Request, problem: ApiProblem) -> JSONResponse:
         "title": _TITLES.get(problem.status, "Error"),
         "status": problem.status,
         "detail": problem.detail,
-        "subsystem": "api",
+        "subsystem": problem.subsystem,
         "time": iso(utcnow()),
         "requestId": request_id(request),
         "retryable": problem.retryable,
@@ -90,7 +97,9 @@ def problem_response(request: Request, problem: ApiProblem) -> JSONResponse:
         body["context"] = problem.context
     if problem.issues:
         body["issues"] = problem.issues
-    return JSONResponse(body, status_code=problem.status, media_type=PROBLEM_JSON)
+    return JSONResponse(
+        body, status_code=problem.status, media_type=PROBLEM_JSON, headers=problem.headers
+    )
 
 
 # A 400 names the problem; it never echoes a caller's megabytes back (the messages
@@ -143,6 +152,27 @@ def install_handlers(app: FastAPI) -> None:
             retry_after=iso(utcnow() + timedelta(seconds=1)),
             context={"operationId": exc.operation_id},
             remedy="Send it again in a moment with the same key to get its answer.",
+        )
+        return problem_response(request, problem)
+
+    @app.exception_handler(RateLimited)
+    async def _rate_limited(request: Request, exc: RateLimited) -> Response:
+        wait_s = max(math.ceil(exc.retry_after_s), 1)
+        remedy = (
+            "The provider account's rate limit has no room for this write now; "
+            "send it again after Retry-After, or write asynchronously to have it wait."
+            if exc.subsystem == "provider"
+            else "The project's intake quota is spent for now; send it again after Retry-After."
+        )
+        problem = ApiProblem(
+            429,
+            str(exc),
+            retryable=True,
+            retry_after=iso(utcnow() + timedelta(seconds=wait_s)),
+            remedy=remedy,
+            subsystem=exc.subsystem,
+            headers={"Retry-After": str(wait_s)},
+            context={"retryAfterSeconds": round(exc.retry_after_s, 3)},
         )
         return problem_response(request, problem)
 

@@ -15,6 +15,7 @@
     ├── FetchFailed              the fetch of a safe recordsURL went wrong
     ├── LeaseLost                an attempt's operation was taken from it (the watchdog ended it)
     ├── WriteCrashed             our own code raised during a write; the message is sanitized
+    ├── RateLimited              no budget for a call now: a sync write or an intake quota (429)
     └── ProviderError            a whole provider call failed
         ├── RetryableProviderError   connection errors, timeouts, 408, 429, 5xx, throttles
         └── PermanentProviderError   any other 4xx: trying again cannot help
@@ -130,6 +131,16 @@ class WriteCrashed(WritejobsError):
 
 class StoreUnavailable(WritejobsError):
     """The store could not take a new operation's row: nothing was accepted, send again."""
+
+
+class RateLimited(WritejobsError):
+    """No budget now (the provider account's rate limit, or the project's intake quota):
+    answered 429, retryable, with `Retry-After` of `retry_after_s` (rounded up)."""
+
+    def __init__(self, message: str, *, retry_after_s: float, subsystem: str = "provider") -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.subsystem = subsystem
 
 
 class ProviderError(WritejobsError):

@@ -40,7 +40,9 @@ def run_batch(
 
     Each member moves into `running` by compare-and-set, so a redelivered task
     writes only members no live delivery holds and none that finished (nor any
-    cancelled). A paused installation's batch waits (`execution.gate`).
+    cancelled). A paused installation's batch, or one its provider account's rate
+    limit has no budget for, waits (`execution.gate`): its members stay queued or
+    retrying, no attempt counted, and the batch's task waits in the retry set.
     """
     with deps.sessions() as session:
         installation = _installation_of(session, batch_id)

@@ -11,6 +11,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from writejobs.clock import Clock
+from writejobs.core.flow import NoRateLimiter, RateLimiter
 from writejobs.core.recorder import NoRecorder, Recorder
 from writejobs.failpoints import no_failpoint
 from writejobs.providers.base import ProviderAdapter
@@ -22,6 +23,13 @@ AdapterOpener = Callable[[Installation, Settings], AbstractContextManager[Provid
 BulkOpener = Callable[[Installation, Settings], AbstractContextManager[SalesforceBulkIngest]]
 # schedule_retry(kind, id, at): kind is "op" or "batch" (see writejobs.grouping.retry_waits).
 RetryScheduler = Callable[[str, str, datetime], None]
+# arrived(kind, id, installation id): a task reached its worker (the fair-share
+# admission's reservation for it ends; see writejobs.grouping.admission).
+Arrival = Callable[[str, str, str], None]
+
+
+def _no_arrivals(kind: str, target_id: str, installation_id: str) -> None:
+    return None
 
 
 def _no_retries(kind: str, target_id: str, at: datetime) -> None:
@@ -48,3 +56,6 @@ class ExecutionDeps:
     rng: random.Random = field(default_factory=random.Random)
     # Where execution counts what it sees (possible duplicates); the fleet's metrics when wired.
     recorder: Recorder = field(default_factory=NoRecorder)
+    # The fleet's rate limiter every provider call asks first (execution.gate).
+    limiter: RateLimiter = field(default_factory=NoRateLimiter)
+    arrived: Arrival = _no_arrivals

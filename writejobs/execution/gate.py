@@ -8,8 +8,19 @@ releases), never as a Celery ETA task. The operation says why it waits
 (`waiting_reason`, `waiting_since`) and its logs say it once, on the first
 deferral, not on every look.
 
-What holds work back today: an operator's pause of the installation
-(`writejobs admin pause-installation`). A paused installation's work is looked
+Two things hold work back, in this order (a paused installation takes no
+rate-limit budget):
+
+* an operator's pause of the installation (`writejobs admin pause-installation`);
+* the fleet's rate limit of the installation's provider account
+  (`check_rate_limit`: the limiter in Redis, `deps.limiter`): without budget for
+  the attempt's calls (one per chunk of a batch; a bulk upsert takes one), the
+  work waits until the limiter says budget frees, and its logs say "waiting for
+  the provider's rate limit" with the figures. A synchronous write, which has no
+  queue to wait in, waits up to `SYNC_WAIT_S` in its request and is otherwise
+  refused (`admit_sync`: `RateLimited`, a 429 with `Retry-After`, nothing recorded).
+
+On a pause: A paused installation's work is looked
 at again after `pause_recheck_s`, then after as long as it has waited so far,
 at most `MAX_RECHECK_S` (so a long pause of a deep backlog costs the workers
 little), never past its deadline; resuming releases it at once
@@ -20,6 +31,8 @@ it waits ends `expired`, saying it waited for the pause.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,14 +40,21 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session
 
 from writejobs.clock import as_utc, iso
+from writejobs.core.flow import Account, RateLimit
+from writejobs.core.operations import State
+from writejobs.errors import RateLimited
 from writejobs.execution.deps import ExecutionDeps
 from writejobs.execution.settle import expire
+from writejobs.providers.registry import batch_size
 from writejobs.store import operations_repo
 from writejobs.store.tables import Installation, Operation
 
 log = logging.getLogger(__name__)
 
 PAUSED = "installation paused"
+RATE_LIMITED = "provider rate limit"
+# How long a synchronous write waits for budget inside its request before it is refused.
+SYNC_WAIT_S = 1.0
 # The longest a paused installation's work goes without being looked at again.
 MAX_RECHECK_S = 60.0
 
@@ -46,6 +66,12 @@ class Deferral:
     reason: str
     until: datetime
     details: dict[str, str]
+    # The operation's log line when it begins to wait; unset: "waiting: <reason>".
+    message: str | None = None
+
+    @property
+    def log_message(self) -> str:
+        return self.message or f"waiting: {self.reason}"
 
 
 def check_admission(
@@ -71,6 +97,56 @@ def check_admission(
     if installation.paused_reason:
         details["paused_reason"] = installation.paused_reason
     return Deferral(PAUSED, until, details)
+
+
+def account_for(installation: Installation) -> Account:
+    """The provider account whose limit an installation's calls share."""
+    return Account(
+        installation.provider, installation.id, RateLimit.from_column(installation.rate_limit)
+    )
+
+
+def calls_for(shape: str, records: int, provider: str) -> int:
+    """Provider calls one attempt makes: one per chunk of a batch; a bulk upsert, one."""
+    if shape == "bulk":
+        return 1
+    return max(1, math.ceil(records / batch_size(provider)))
+
+
+def check_rate_limit(
+    deps: ExecutionDeps,
+    installation: Installation,
+    *,
+    calls: int,
+    now: datetime,
+    deadline_at: datetime | None,
+) -> Deferral | None:
+    """None when the account has budget for `calls` now (their slots are taken);
+    otherwise wait until the limiter says it frees, never past `deadline_at`."""
+    wait_s = deps.limiter.acquire(account_for(installation), now, calls)
+    if wait_s <= 0:
+        return None
+    until = now + timedelta(seconds=wait_s)
+    if deadline_at is not None:
+        until = min(until, as_utc(deadline_at))
+    details = {
+        "provider": installation.provider,
+        "calls": str(calls),
+        "wait_s": f"{wait_s:.3f}",
+        "until": iso(until),
+    }
+    return Deferral(RATE_LIMITED, until, details, "waiting for the provider's rate limit")
+
+
+def may_start(op: Operation, now: datetime) -> bool:
+    """Whether the move into `running` would take `op` now (read before asking the
+    limiter, so a stray early delivery takes no budget); the compare-and-set decides."""
+    waits_until = as_utc(op.next_attempt_at) if op.next_attempt_at is not None else None
+    if op.state == State.QUEUED.value:
+        return waits_until is None or waits_until <= now
+    if op.state == State.RETRYING.value:
+        return waits_until is not None and waits_until <= now
+    return False
 
 
 def hold(
@@ -104,7 +180,7 @@ def hold(
                 "operation_id": op.id,
                 "timestamp": now,
                 "severity": "WARNING",
-                "msg": f"waiting: {deferral.reason}",
+                "msg": deferral.log_message,
                 "details": {
                     **deferral.details,
                     "state": op.state,
@@ -123,6 +199,8 @@ def admit_operation(
 ) -> bool:
     """True when `op` may start its attempt; otherwise it was held (or expired) here."""
     now = deps.clock()
+    # The task reached its worker: the fair-share admission's reservation ends.
+    deps.arrived("op", op.id, installation.id)
     deferral = check_admission(
         installation,
         now=now,
@@ -130,6 +208,13 @@ def admit_operation(
         waiting_since=op.waiting_since,
         recheck_s=deps.settings.pause_recheck_s,
     )
+    if deferral is None:
+        if not may_start(op, now):
+            return True  # its wait is not over: the compare-and-set refuses it, no budget spent
+        calls = calls_for(op.shape, op.record_count, installation.provider)
+        deferral = check_rate_limit(
+            deps, installation, calls=calls, now=now, deadline_at=op.deadline_at
+        )
     if deferral is None:
         return True
     held, _expired = hold(session, [op], deferral, now=now)
@@ -142,11 +227,11 @@ def admit_operation(
 def admit_batch(
     session: Session, batch_id: str, installation: Installation, deps: ExecutionDeps
 ) -> bool:
-    """True when the batch may run; otherwise its startable members were held (or the
-    ones out of time expired) and the batch's task comes back when the first look is due."""
-    if installation.paused_at is None:
-        return True  # the common case costs no read of the members
+    """True when the batch may run (its calls' budget taken); otherwise its startable
+    members were held (or the ones out of time expired) and the batch's task comes
+    back when the first look is due."""
     now = deps.clock()
+    deps.arrived("batch", batch_id, installation.id)
     members = operations_repo.startable_members(session, batch_id, now=now)
     if not members:
         return True  # nothing to hold: take_batch finds what (if anything) there is to do
@@ -159,6 +244,11 @@ def admit_batch(
         waiting_since=min(since, default=None),
         recheck_s=deps.settings.pause_recheck_s,
     )
+    if deferral is None:
+        calls = calls_for("auto_batch", len(members), installation.provider)
+        deferral = check_rate_limit(
+            deps, installation, calls=calls, now=now, deadline_at=min(live, default=now)
+        )
     if deferral is None:
         return True
     held, _expired = hold(session, members, deferral, now=now)
@@ -192,3 +282,22 @@ def release_installation(session: Session, installation_id: str, deps: Execution
         if batch is None:
             deps.schedule_retry("op", op_id, now)
     return len(released)
+
+
+def admit_sync(deps: ExecutionDeps, installation: Installation, records: int) -> None:
+    """A synchronous write's turn: wait up to `SYNC_WAIT_S` for budget, else `RateLimited`.
+
+    Called before the write is recorded, so a refused one leaves nothing behind
+    and its client (told `Retry-After`) sends it again.
+    """
+    calls = calls_for("single", records, installation.provider)
+    waited_s = 0.0
+    while True:
+        now = deps.clock()
+        wait_s = deps.limiter.acquire(account_for(installation), now, calls)
+        if wait_s <= 0:
+            return
+        if waited_s + wait_s > SYNC_WAIT_S:
+            raise RateLimited("waiting for the provider's rate limit", retry_after_s=wait_s)
+        time.sleep(wait_s)
+        waited_s += wait_s

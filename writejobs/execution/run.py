@@ -121,10 +121,12 @@ def run_operation(operation_id: str, deps: ExecutionDeps) -> State | None:
 
     Returns the state it settled in, or None when another delivery holds the
     operation, its wait is not over, the admission gate holds it back (a paused
-    installation; see `execution.gate`), or it already finished: a redelivered
-    task must not write again. A synchronous write is never run here: it had its one
-    attempt in its request. If our own code raises during the attempt, the
-    operation ends `failed` and a sanitized `WriteCrashed` is raised instead
+    installation, or no budget yet in the provider account's rate limit: it waits,
+    still queued or retrying, and no attempt is counted; see `execution.gate`), or
+    it already finished: a redelivered task must not write again. A synchronous
+    write is never run here: it had its one attempt in its request. If our own
+    code raises during the attempt, the operation ends `failed` and a sanitized
+    `WriteCrashed` is raised instead
     (see `execution.crash`).
     """
     with deps.sessions() as session:

@@ -33,6 +33,13 @@ def build_adapter(provider: str, client: httpx.Client) -> ProviderAdapter:
     return factory(client)
 
 
+def batch_size(provider: str) -> int:
+    """Records per batch call of the provider's adapter (1 for a provider we do not know)."""
+    factory = _ADAPTERS.get(provider)
+    size = getattr(factory, "max_batch_size", 1)
+    return int(size) if isinstance(size, int) and size > 0 else 1
+
+
 _RATE_LIMIT_READERS: dict[str, RateLimitReader] = {
     "hubspot": hubspot.read_rate_limit,
     "opus": opus.read_rate_limit,

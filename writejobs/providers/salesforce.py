@@ -350,7 +350,9 @@ def read_rate_limit(response: httpx.Response, now: datetime) -> RateLimitObserva
     policy: Policy | None = None
     if response.status_code == 429:
         policy = "rolling"
-    elif response.status_code >= 400:
+    elif response.status_code == 403:
+        # REQUEST_LIMIT_EXCEEDED is always a 403; other error bodies are left unread
+        # here (the response hook runs before the body is read).
         errors = _error_items(read_json(response))
         limited = [e for e in errors if e.get("errorCode") == REQUEST_LIMIT_EXCEEDED]
         if limited:

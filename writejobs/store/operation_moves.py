@@ -85,9 +85,10 @@ def transition(
 
 def _may_enter(to: State, now: datetime, only_from: frozenset[State] | None) -> ColumnElement[bool]:
     """SQL for "may move to `to` now": the state is one `ALLOWED_FROM[to]` names, and
-    the two guarded moves into `running` hold their guard. A wait is honoured even
-    against a stray early delivery (`retrying` only once `next_attempt_at` has come),
-    and a running operation is taken over only from a holder whose lease lapsed."""
+    the guarded moves into `running` hold their guard. A wait is honoured even
+    against a stray early delivery (`retrying`, or a `queued` one the gate held back,
+    only once `next_attempt_at` has come), and a running operation is taken over
+    only from a holder whose lease lapsed."""
     sources = ALLOWED_FROM[to] if only_from is None else ALLOWED_FROM[to] & only_from
     assert only_from is None or only_from <= ALLOWED_FROM[to], f"{only_from} -> {to}"
     conditions: list[ColumnElement[bool]] = []
@@ -95,6 +96,12 @@ def _may_enter(to: State, now: datetime, only_from: frozenset[State] | None) -> 
         condition: ColumnElement[bool] = Operation.state == source.value
         if to is State.RUNNING and source is State.RETRYING:
             condition = and_(condition, Operation.next_attempt_at <= now)
+        elif to is State.RUNNING and source is State.QUEUED:
+            # A queued operation the gate held back (a pause, the rate limit) waits too.
+            condition = and_(
+                condition,
+                or_(Operation.next_attempt_at.is_(None), Operation.next_attempt_at <= now),
+            )
         elif to is State.RUNNING and source is State.RUNNING:
             condition = and_(condition, Operation.lease_expires_at < now)
         conditions.append(condition)
@@ -176,8 +183,13 @@ def take_batch(
     )
     if not taken:
         return []
+    # populate_existing: rows the session already holds (read by the gate) are
+    # refreshed, not handed back with the attempts and lease they had before the move.
     rows = session.scalars(
-        select(Operation).where(Operation.id.in_(taken)).order_by(Operation.created_at)
+        select(Operation)
+        .where(Operation.id.in_(taken))
+        .order_by(Operation.created_at)
+        .execution_options(populate_existing=True)
     )
     return list(rows)
 

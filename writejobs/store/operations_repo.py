@@ -212,7 +212,15 @@ def stalled(
         .where(
             Operation.mode != "synchronous",
             or_(
-                and_(Operation.state == State.QUEUED.value, Operation.updated_at < queued_before),
+                and_(
+                    Operation.state == State.QUEUED.value,
+                    Operation.updated_at < queued_before,
+                    # A queued row the gate deferred counts once its wait is long over.
+                    or_(
+                        Operation.next_attempt_at.is_(None),
+                        Operation.next_attempt_at < queued_before,
+                    ),
+                ),
                 and_(
                     Operation.state == State.RUNNING.value,
                     Operation.lease_expires_at < now,
