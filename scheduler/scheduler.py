@@ -22,6 +22,8 @@ SWEEP_EVERY_S = 1.0
 class SchedulerReport:
     batches: TickReport = field(default_factory=TickReport)
     retries_released: list[str] = field(default_factory=list)
+    # Tasks the fair-share admission moved into Celery this pass.
+    admitted: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
     handed_off: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
@@ -44,6 +46,8 @@ class Scheduler:
         batcher = self.wiring.batcher
         report = SchedulerReport(batches=batcher.flush_due(now))
         report.retries_released = self.wiring.retries.release_due(now)
+        # After the flushes and releases, so what they submitted may go in this pass.
+        report.admitted = self.wiring.admission.admit(now)
         # Every pass: a notification is owed from the commit that ended its write.
         report.webhooks_sent = dispatch_due(
             self.wiring.deps.sessions,
@@ -69,6 +73,7 @@ class Scheduler:
                 now=now,
                 stalled_after_s=self.settings.stalled_after_s,
                 running_lease_s=self.settings.running_lease_s,
+                waiting=self.wiring.admission.waiting,
             )
             report.expired = expire_overdue(
                 self.wiring.deps.sessions, now=now, grace_s=self.settings.watchdog_grace_s

@@ -72,6 +72,18 @@ class Settings(BaseSettings):
     # A paused installation's waiting work is looked at again after this long, then
     # after as long as it has waited so far (at most a minute); resuming releases it at once.
     pause_recheck_s: float = Field(default=5.0, gt=0)
+    # Flow control (writejobs/execution/gate.py, writejobs/grouping/admission.py): past this
+    # share of a provider's daily allowance (Sforce-Limit-Info, HubSpot's daily headers),
+    # calls are spaced so that what is left lasts the day.
+    rate_limit_daily_share: float = Field(default=0.9, gt=0, le=1)
+    # The most write tasks the admission lets wait in the Celery queue; the rest wait
+    # per installation in Redis and are admitted in rotation (fair share). Unset:
+    # 4 x worker_concurrency, at least 16.
+    admission_queue_max: int | None = Field(default=None, ge=1)
+    # Optional intake quota per project: asynchronous and synchronous write requests per
+    # second, with a burst; past it a request is answered 429 with Retry-After. 0: off.
+    intake_quota_rps: float = Field(default=0.0, ge=0)
+    intake_quota_burst: int = Field(default=0, ge=0)
     # The watchdog ends any operation still unfinished this long after its deadline.
     watchdog_grace_s: float = Field(default=60.0, gt=0)
     # An `Idempotency-Key` is honoured this long after its first request (then purged).
@@ -132,6 +144,10 @@ class Settings(BaseSettings):
         """`fetch_allowed_http_hosts` as a set of lower-case host names."""
         hosts = (h.strip().lower() for h in self.fetch_allowed_http_hosts.split(","))
         return frozenset(h for h in hosts if h)
+
+    @property
+    def effective_admission_queue_max(self) -> int:
+        return self.admission_queue_max or max(16, 4 * self.worker_concurrency)
 
     @property
     def effective_webhook_queue(self) -> str:

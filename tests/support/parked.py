@@ -66,7 +66,13 @@ class Parked:
 def parked_system(settings: Settings, sandbox_url: str) -> Iterator[Parked]:
     run = uuid.uuid4().hex[:8]
     own = settings.model_copy(
-        update={"celery_queue": f"parked-{run}", "redis_namespace": f"wjab-{run}"}
+        update={
+            "celery_queue": f"parked-{run}",
+            "redis_namespace": f"wjab-{run}",
+            # No worker reads the queue: the admission must not hold tasks back for its
+            # length, or the tests would not see everything that was sent.
+            "admission_queue_max": 1_000_000,
+        }
     )
     wiring = wire(own)
     with serve_in_thread(create_app(own, wiring=wiring)) as api_url:

@@ -218,6 +218,8 @@ def create_tenant(
     *,
     provider: str = "hubspot",
     deletable: list[str] | None = None,
+    token: str = "test-token",
+    rate_limit: dict[str, int] | None = None,
 ) -> Tenant:
     engine = create_store_engine(settings)
     try:
@@ -237,9 +239,11 @@ def create_tenant(
                 sandbox_url,
                 now=now,
                 cipher=cipher_for(settings),
-                credentials=bearer_credentials("test-token"),
+                credentials=bearer_credentials(token),
                 deletable_objects=deletable or [],
             )
+            if rate_limit is not None:
+                installation.rate_limit = rate_limit
             session.commit()
             return Tenant(
                 api_url, project.id, name, key.plain_key, integration.id, installation.id, group_ref

@@ -16,6 +16,9 @@ SQL. Keys, under a namespace prefix:
     {ns}:rl:{account}     hash  an account's learned limit, pause and daily pacing (limiter.py)
     {ns}:rl:{account}:w   zset  calls admitted in the account's window, scored by time (epoch s)
     {ns}:rl:{account}:c   zset  the same, for the installation's configured limit
+    {ns}:rl-accounts      zset  accounts by when a call last asked (the budget gauge's index)
+    {ns}:adm:…                  the fair-share admission's rings and ready sets (admission.py)
+    {ns}:quota:{project}  hash  a project's intake token bucket (quota.py)
 
 A group is one provider batch's worth of compatible records: one installation
 (project, integration, groupRef), one object, one write type.
@@ -70,6 +73,10 @@ class Keys:
 
     def rate_cap_window(self, account: str) -> str:
         return f"{self.namespace}:rl:{account}:c"
+
+    @property
+    def rate_accounts(self) -> str:
+        return f"{self.namespace}:rl-accounts"
 
 
 def group_key(installation_id: str, object_name: str, write_type: str) -> str:

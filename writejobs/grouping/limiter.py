@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 
@@ -64,6 +65,16 @@ CONCURRENT_PAUSE_S = 5.0
 SLACK_S = 0.2
 # How long what was learned of an idle account is kept (at least as long as a pause).
 LEARNED_TTL_S = 86_400
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Calls an account may still make in its current window, of its `limit`."""
+
+    provider: str
+    account: str
+    left: int
+    limit: int
 
 
 def _lua(name: str) -> str:
@@ -104,6 +115,7 @@ class RedisRateLimiter:
         self.concurrent_pause_s = concurrent_pause_s
         self.slack_s = slack_s
         self.recorder: Recorder = recorder or NoRecorder()
+        self._redis = client
         self._acquire = client.register_script(ACQUIRE_SCRIPT)
         self._learn = client.register_script(LEARN_SCRIPT)
 
@@ -120,13 +132,14 @@ class RedisRateLimiter:
             raise ValueError(f"an attempt makes at least one call, not {calls}")
         start = self.limit_for(account)
         cap = account.configured
-        name = _account_name(account)
+        name = account_name(account)
         try:
             granted, wait = self._acquire(
                 keys=[
                     self.keys.rate_limit(name),
                     self.keys.rate_window(name),
                     self.keys.rate_cap_window(name),
+                    self.keys.rate_accounts,
                 ],
                 args=[
                     repr(now.timestamp()),
@@ -137,6 +150,7 @@ class RedisRateLimiter:
                     repr(self.slack_s),
                     uuid.uuid4().hex,
                     calls,
+                    name,
                 ],
             )
         except redis.RedisError as exc:
@@ -178,7 +192,7 @@ class RedisRateLimiter:
                 "provider_429s", provider=account.provider, policy=observation.policy
             )
         ttl_s = max(LEARNED_TTL_S, math.ceil(pause_s or 0) + 60)
-        name = _account_name(account)
+        name = account_name(account)
         start = self.limit_for(account)
         try:
             self._learn(
@@ -198,6 +212,33 @@ class RedisRateLimiter:
         except redis.RedisError as exc:
             log.warning("rate limit not learned (%s)", type(exc).__name__)
 
+    def budgets(self, now: datetime, *, recent: int = 100, top: int = 10) -> list[Budget]:
+        """Calls left in the current window of the `recent` accounts that asked last, the
+        `top` with the least left: the budget gauge's rows (a bounded label set)."""
+        names = [_text(n) for n in self._redis.zrevrange(self.keys.rate_accounts, 0, recent - 1)]
+        if not names:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for name in names:
+            pipe.hmget(self.keys.rate_limit(name), "max", "interval_s", "paused_until")
+            pipe.zrangebyscore(self.keys.rate_window(name), "-inf", "+inf", withscores=True)
+        replies = pipe.execute()
+        at = now.timestamp()
+        rows: list[Budget] = []
+        for i, name in enumerate(names):
+            learned, window = replies[2 * i], replies[2 * i + 1]
+            provider, _, key = name.partition(":")
+            start = self.defaults.get(provider, FALLBACK_LIMIT)
+            limit = int(_text(learned[0])) if learned[0] else start.max
+            span = float(_text(learned[1])) if learned[1] else start.interval_s
+            used = sum(1 for _member, score in window if score > at - span - self.slack_s)
+            paused = bool(learned[2]) and float(_text(learned[2])) > at
+            rows.append(Budget(provider, key, 0 if paused else max(limit - used, 0), limit))
+        rows.sort(key=lambda b: (b.left / b.limit, b.account))
+        # Old entries of the registry go: it indexes only accounts still in use.
+        self._redis.zremrangebyscore(self.keys.rate_accounts, "-inf", at - LEARNED_TTL_S)
+        return rows[:top]
+
     def _daily_gap(self, observation: RateLimitObservation) -> str:
         """Seconds between calls so the day's rest lasts a day; '0' to stop; '' to leave."""
         total, left = observation.daily_max, observation.daily_remaining
@@ -208,5 +249,10 @@ class RedisRateLimiter:
         return repr(self.day_s / left)
 
 
-def _account_name(account: Account) -> str:
+def account_name(account: Account) -> str:
+    """The account's name in Redis keys: `provider:key`."""
     return f"{account.provider}:{account.key}"
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

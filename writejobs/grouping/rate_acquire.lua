@@ -2,10 +2,10 @@
 -- (limiter.py).
 -- KEYS[1] the account's hash (learned max / interval_s, paused_until, gap_s, next_at)
 -- KEYS[2] its window: calls admitted, scored by time; KEYS[3] the same for the
--- installation's configured limit.
+-- installation's configured limit; KEYS[4] the registry of accounts by last ask.
 -- ARGV: now (epoch s), default max, default interval_s, configured max (0: none),
 -- configured interval_s, slack_s added to every window, a unique member for this
--- attempt, its calls (at most a window's worth count).
+-- attempt, its calls (at most a window's worth count), the account's name.
 -- Returns {1, '0'} when admitted, else {0, seconds to wait} with nothing taken: calls
 -- are admitted only while the window before them holds at most max with them.
 local now = tonumber(ARGV[1])
@@ -15,6 +15,7 @@ local span = (tonumber(state[2]) or tonumber(ARGV[3])) + tonumber(ARGV[6])
 local cap = tonumber(ARGV[4])
 local cap_span = tonumber(ARGV[5]) + tonumber(ARGV[6])
 local calls = tonumber(ARGV[8])
+redis.call('ZADD', KEYS[4], now, ARGV[9])
 
 local function window_wait(key, max, window)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)

@@ -13,7 +13,7 @@ delivery run it, and the others find nothing to do.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,11 +35,16 @@ def requeue_stalled(
     stalled_after_s: float,
     running_lease_s: float | None = None,
     limit: int = 1000,
+    waiting: Callable[[Iterable[tuple[str, str]]], set[str]] | None = None,
 ) -> list[str]:
     """Send again the tasks of stalled operations; return the task ids (op or batch) sent.
 
     A `running` operation whose heartbeat-kept lease lapsed is sent again once it
-    is a lease (`running_lease_s`) untouched, not the whole `stalled_after_s`."""
+    is a lease (`running_lease_s`) untouched, not the whole `stalled_after_s`.
+    `waiting` tells, of (installation id, `op:<id>` / `batch:<id>`) pairs, which
+    wait their turn in the fair-share admission (grouping/admission.py): those are
+    not stalled, only behind their installation's backlog, and are left alone.
+    """
     lapsed_s = stalled_after_s if running_lease_s is None else running_lease_s
     with sessions() as session:
         stuck = operations_repo.stalled(
@@ -49,6 +54,9 @@ def requeue_stalled(
             lapsed_before=now - timedelta(seconds=lapsed_s),
             limit=limit,
         )
+        if waiting is not None and stuck:
+            queued = waiting((op.installation_id, _member(op)) for op in stuck)
+            stuck = [op for op in stuck if _member(op) not in queued]
         batches = sorted({op.batch_id for op in stuck if op.batch_id is not None})
         singles = [op.id for op in stuck if op.batch_id is None]
         for state in ("queued", "running", "retrying"):
@@ -125,6 +133,10 @@ def retry_handoffs(
     if taken:
         log.warning("handed off %d operations the intake could not", len(taken))
     return [op.id for op in taken]
+
+
+def _member(op: Operation) -> str:
+    return f"batch:{op.batch_id}" if op.batch_id is not None else f"op:{op.id}"
 
 
 def expire_overdue(

@@ -60,7 +60,7 @@ def hand_off(op: Operation, dispatch: Dispatch, deps: ExecutionDeps) -> None:
         if op.shape == "auto_batch":
             dispatch.buffer_operation(op)
         else:
-            dispatch.send_operation(op.id)
+            dispatch.send(op)
         return
     except Exception as exc:
         reason = type(exc).__name__

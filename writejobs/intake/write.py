@@ -22,6 +22,7 @@ from writejobs.core.operations import State
 from writejobs.errors import ContractError, InstallationPaused, NotFound, ProviderError
 from writejobs.execution.crash import end_crashed
 from writejobs.execution.deps import ExecutionDeps
+from writejobs.execution.gate import admit_sync
 from writejobs.execution.run import attempt_write, request_items, write_options
 from writejobs.execution.settle import settle
 from writejobs.intake.directory import TenantDirectory
@@ -73,6 +74,16 @@ class Dispatch:
     buffer_operation: Callable[[Operation], object]
     directory: TenantDirectory
     record: Recorder | None = None
+    # submit(operation): hand an accepted operation to the fair-share admission, which
+    # knows its route from the row (grouping/admission.py); unset, `send_operation`.
+    submit: Callable[[Operation], object] | None = None
+
+    def send(self, op: Operation) -> None:
+        """Hand an accepted asynchronous operation on towards a worker."""
+        if self.submit is not None:
+            self.submit(op)
+        else:
+            self.send_operation(op.id)
 
 
 def accept_write(
@@ -95,10 +106,11 @@ def accept_write(
 
     Raises `NotFound` for an unknown integration, `ContractError` for a request
     the installation cannot take, `InstallationPaused` for a synchronous write
-    to a paused installation (asynchronous ones are accepted and wait), and
-    `StoreUnavailable` when the row cannot be committed. Redis being down is no
-    error here: a committed write is accepted and the hand-off sweep sends it
-    later (see `writejobs.intake.handoff`).
+    to a paused installation (asynchronous ones are accepted and wait),
+    `RateLimited` for a synchronous write the provider account has no budget for
+    (nothing recorded), and `StoreUnavailable` when the row cannot be committed.
+    Redis being down is no error here: a committed write is accepted and the
+    hand-off sweep sends it later (see `writejobs.intake.handoff`).
     """
     with recording():
         installation = find_installation(target, request.group_ref, dispatch.directory)
@@ -121,6 +133,8 @@ def accept_write(
         details["replay_of"] = replay_of
     accepted = operations_repo.log_row(op.id, "write accepted", now=op.created_at, details=details)
     if not request.is_async:
+        # Before the row: a write the rate limit refuses (429) leaves nothing behind.
+        admit_sync(deps, installation, op.record_count)
         keys = [] if claim is None else [claim.row(op.id, op.created_at, None)]
         with deps.sessions() as session:
             with recording():

@@ -30,6 +30,7 @@ import weakref
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -40,7 +41,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from writejobs.core.operations import State
+from writejobs.grouping.admission import Admission
 from writejobs.grouping.keys import Keys
+from writejobs.grouping.limiter import RedisRateLimiter
 from writejobs.store import webhook_destinations, webhook_outbox
 from writejobs.store.tables import Operation
 
@@ -236,8 +239,13 @@ class FleetCollector(Collector):
         retry_key: str,
         local: Metrics | None = None,
         queues: Sequence[str] = (),
+        limiter: RedisRateLimiter | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self._client = client
+        # Flow control's gauges: budget left per account, backlog per installation.
+        self._limiter = limiter
+        self._admission = admission
         self._keys = keys
         self._sessions = sessions
         self._retry_key = retry_key
@@ -260,6 +268,34 @@ class FleetCollector(Collector):
             else:
                 yield _histogram(name, info, fields)
         yield from self._gauges()
+        yield from self._flow_gauges()
+
+    def _flow_gauges(self) -> Iterator[GaugeMetricFamily]:
+        if self._limiter is not None:
+            budget = GaugeMetricFamily(
+                f"{PREFIX}_rate_limit_budget",
+                "Calls left in the current rate-limit window of the provider accounts with "
+                "the least left (at most 10 of the 100 that called last; 0 while paused).",
+                labels=["provider", "account"],
+            )
+            for row in self._limiter.budgets(datetime.now(UTC)):
+                budget.add_metric([row.provider, row.account], float(row.left))
+            yield budget
+        if self._admission is not None:
+            total, top = self._admission.backlog()
+            yield GaugeMetricFamily(
+                f"{PREFIX}_admission_backlog",
+                "Tasks waiting for fair-share admission to Celery, every installation.",
+                value=float(total),
+            )
+            per = GaugeMetricFamily(
+                f"{PREFIX}_admission_backlog_by_installation",
+                "Tasks waiting for admission, for the 5 installations with the most.",
+                labels=["installation"],
+            )
+            for inst, n in top:
+                per.add_metric([inst], float(n))
+            yield per
 
     def _gauges(self) -> Iterator[GaugeMetricFamily]:
         pipe = self._client.pipeline(transaction=False)

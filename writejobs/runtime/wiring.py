@@ -13,11 +13,14 @@ from celery import Celery
 
 from writejobs import task_names
 from writejobs.clock import Clock, utcnow
+from writejobs.core.flow import Account, RateLimitObservation
 from writejobs.execution.deps import ExecutionDeps
 from writejobs.execution.webhooks import WebhookDeps
 from writejobs.failpoints import Failpoints
+from writejobs.grouping.admission import Admission
 from writejobs.grouping.autobatch import AutoBatcher
 from writejobs.grouping.keys import Keys
+from writejobs.grouping.limiter import RedisRateLimiter
 from writejobs.grouping.retry_waits import RetryQueue
 from writejobs.intake.directory import TenantDirectory
 from writejobs.intake.write import Dispatch
@@ -45,6 +48,8 @@ class Wiring:
     webhooks: WebhookDeps
     # send_webhooks(delivery_ids): one task on the webhooks queue.
     send_webhooks: Callable[[list[int]], None]
+    limiter: RedisRateLimiter
+    admission: Admission
 
 
 def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
@@ -57,10 +62,11 @@ def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
     sender = create_sender(settings)
     keys = Keys(settings.redis_namespace)
 
-    def send_operation(operation_id: str) -> None:
+    # Straight to Celery: only the admission calls these (see grouping/admission.py).
+    def send_operation_task(operation_id: str) -> None:
         sender.send_task(task_names.WRITE_OPERATION, args=[operation_id])
 
-    def send_batch(batch_id: str) -> None:
+    def send_batch_task(batch_id: str) -> None:
         sender.send_task(task_names.WRITE_BATCH, args=[batch_id])
 
     def send_webhooks(delivery_ids: list[int]) -> None:
@@ -68,15 +74,31 @@ def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
             task_names.DELIVER_WEBHOOK, args=[delivery_ids], queue=settings.effective_webhook_queue
         )
 
-    retries = RetryQueue(client, keys, send_operation, send_batch)
     metrics = Metrics(client, keys)
+    limiter = RedisRateLimiter(
+        client, keys, daily_share=settings.rate_limit_daily_share, recorder=metrics
+    )
+    sessions = create_session_factory(create_store_engine(settings))
+    admission = Admission(
+        client,
+        keys,
+        sessions,
+        limiter,
+        {"op": send_operation_task, "batch": send_batch_task},
+        celery_queue=settings.celery_queue,
+        queue_max=settings.effective_admission_queue_max,
+        clock=clock,
+    )
+    # Everything asynchronous reaches Celery through the admission: intake, flushes,
+    # released retries and the sweeps' resends alike.
+    send_operation, send_batch = admission.sender("op"), admission.sender("batch")
+    retries = RetryQueue(client, keys, send_operation, send_batch)
 
     def schedule_retry(kind: str, target_id: str, at: datetime) -> None:
         retries.schedule(kind, target_id, at)
         metrics.count("retries_scheduled", kind=kind)
 
-    clients = _provider_clients(settings)
-    sessions = create_session_factory(create_store_engine(settings))
+    clients = _provider_clients(settings, limiter, clock)
     operations_repo.count_finished(sessions, metrics)
     deps = ExecutionDeps(
         settings=settings,
@@ -87,6 +109,8 @@ def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
         schedule_retry=schedule_retry,
         open_bulk=clients.open_bulk_ingest,
         recorder=metrics,
+        limiter=limiter,
+        arrived=admission.arrived,
     )
 
     batcher = AutoBatcher(
@@ -102,7 +126,13 @@ def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
     )
     directory = TenantDirectory(deps.sessions)
     committer = GroupCommitter(deps.sessions)
-    dispatch = Dispatch(send_operation, batcher.buffer, directory, committer.commit)
+    dispatch = Dispatch(
+        send_operation,
+        batcher.buffer,
+        directory,
+        committer.commit,
+        submit=admission.submit_operation,
+    )
     webhooks = WebhookDeps(
         settings=settings,
         sessions=deps.sessions,
@@ -114,18 +144,37 @@ def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
         failpoint=failpoint,
     )
     return Wiring(
-        deps, client, sender, batcher, dispatch, retries, metrics, webhooks, send_webhooks
+        deps,
+        client,
+        sender,
+        batcher,
+        dispatch,
+        retries,
+        metrics,
+        webhooks,
+        send_webhooks,
+        limiter,
+        admission,
     )
 
 
-# One per store URL and secret key for the life of the process, so every wiring (the
-# API's, each task's) shares the pooled provider connections and renewed tokens.
-_clients: dict[tuple[str, str], ProviderClients] = {}
+# One per store URL, secret key and Redis namespace for the life of the process, so every
+# wiring (the API's, each task's) shares the pooled provider connections and renewed
+# tokens. Every answer they receive teaches the fleet's limiter (the first wiring's: the
+# same Redis and namespace, so the same limiter).
+_clients: dict[tuple[str, str, str], ProviderClients] = {}
 
 
-def _provider_clients(settings: Settings) -> ProviderClients:
+def _provider_clients(
+    settings: Settings, limiter: RedisRateLimiter, clock: Clock
+) -> ProviderClients:
     secret = hashlib.sha256((settings.secret_key or "").encode()).hexdigest()
-    key = (settings.sqlalchemy_url, f"{settings.data_dir}|{secret}")
+    redis_at = f"{settings.effective_redis_url}|{settings.redis_namespace}"
+    key = (settings.sqlalchemy_url, f"{settings.data_dir}|{secret}", redis_at)
     if key not in _clients:
-        _clients[key] = ProviderClients(StoredCredentials(settings))
+
+        def learn(account: Account, observation: RateLimitObservation) -> None:
+            limiter.learn(account, observation, clock())
+
+        _clients[key] = ProviderClients(StoredCredentials(settings), on_rate_limit=learn)
     return _clients[key]
