@@ -17,6 +17,7 @@ from api_shim.console import routes as console
 from api_shim.problems import install_handlers
 from api_shim.routes_metrics import metrics_registry
 from api_shim.state import AppState
+from writejobs.grouping.quota import IntakeQuota
 from writejobs.runtime.wiring import Wiring, wire
 from writejobs.settings import Settings, load_settings
 
@@ -33,7 +34,16 @@ def create_app(settings: Settings | None = None, *, wiring: Wiring | None = None
         version="0.1.0",
     )
     app.state.writejobs = AppState(
-        deps=wiring.deps, dispatch=wiring.dispatch, redis=wiring.redis, metrics=wiring.metrics
+        deps=wiring.deps,
+        dispatch=wiring.dispatch,
+        redis=wiring.redis,
+        metrics=wiring.metrics,
+        quota=IntakeQuota(
+            wiring.redis,
+            wiring.batcher.keys,
+            rate_per_s=settings.intake_quota_rps,
+            burst=settings.intake_quota_burst,
+        ),
     )
     app.state.metrics_registry = metrics_registry(wiring, settings)
     install_handlers(app)

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api_shim.deps import CallerProject, IdempotencyKey, State, read_limited_body
 from api_shim.idempotent import answer_once
+from writejobs.clock import utcnow
 from writejobs.core.bulk_contract import MAX_INLINE_CSV_BYTES, BulkUpsertRequest, parse_bulk_request
 from writejobs.intake.bulk import accept_bulk_upsert
 from writejobs.intake.idempotency import KeyClaim
@@ -49,6 +50,7 @@ async def upsert_records_async(
 
     An `Idempotency-Key` works as on the write endpoint: a repeat gets the first answer.
     """
+    state.quota.check(project.id, utcnow())
     body = await read_limited_body(request, MAX_BODY_BYTES, remedy=_TOO_LARGE_REMEDY)
     # Parsing and checking up to 20 MiB of JSON is CPU work: off the event loop.
     bulk, csv_content = await run_in_threadpool(parse_bulk_request, body)

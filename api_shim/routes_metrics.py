@@ -31,6 +31,8 @@ def metrics_registry(wiring: Wiring, settings: Settings) -> CollectorRegistry:
         wiring.retries.key,
         local=wiring.metrics,
         queues=(settings.celery_queue,),
+        limiter=wiring.limiter,
+        admission=wiring.admission,
     )
     registry.register(collector)
     return registry

@@ -50,6 +50,7 @@ async def write_records(
     `Idempotency-Key`, a repeated request gets the first answer (409 while the
     first is running, 422 problem+json when the key was used for another request).
     """
+    state.quota.check(project.id, utcnow())
     body = await read_limited_body(request, MAX_BODY_BYTES)
     # Parsing and checking up to 10 MiB of JSON is CPU work: off the event loop.
     write = await run_in_threadpool(parse_write_request, body)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import redis
 
 from writejobs.execution.deps import ExecutionDeps
+from writejobs.grouping.quota import IntakeQuota
 from writejobs.intake.write import Dispatch
 from writejobs.runtime.metrics import Metrics
 
@@ -18,3 +19,5 @@ class AppState:
     dispatch: Dispatch
     redis: redis.Redis
     metrics: Metrics
+    # The per-project intake quota, checked before a write's body is read.
+    quota: IntakeQuota
