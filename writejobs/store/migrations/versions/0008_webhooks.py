@@ -1,7 +1,7 @@
 """webhooks: destinations, the delivery outbox, attempts
 
 Revision ID: 0008
-Revises: 0010
+Revises: 0007
 Create Date: 2026-12-01 11:00:00.000000
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0010"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

@@ -6,8 +6,8 @@ without an attempt), `cancel_requested_at` (a cancel that found it running) and
 `replay_of` (unique: the operation whose failed records it writes again), and an
 index for a project's dead letters by state, newest first.
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-02 10:00:00
 """
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012"
-down_revision = "0011"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

@@ -1,6 +1,6 @@
 """operations.handoff_failed_at: a committed operation Redis could not take at intake
 
-Revision ID: 0005
+Revision ID: 0009
 Revises: 0008
 Create Date: 2026-12-01 10:55:00.000000
 """
@@ -10,8 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-# After 0008 (the head when this was written); the lead re-chains at merge.
+revision = "0009"
 down_revision = "0008"
 branch_labels = None
 depends_on = None

@@ -5,8 +5,8 @@ stay `running` for good. Existing rows without one get their accepted time plus
 the default synchronous lease (`WRITEJOBS_SYNC_LEASE_S`, 300 s), the deadline a
 synchronous write gets now.
 
-Revision ID: 0011
-Revises: 0005 (operation hand-off, which follows 0008)
+Revision ID: 0010
+Revises: 0009 (operation hand-off)
 Create Date: 2026-12-01 11:00:00
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011"
-down_revision = "0005"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
