@@ -29,7 +29,6 @@ from urllib.parse import quote
 import httpx
 
 from writejobs.clock import Clock, utcnow
-from writejobs.core.flow import Policy, RateLimitObservation
 from writejobs.errors import ProviderError
 from writejobs.providers.base import (
     BatchOutcome,
@@ -40,7 +39,6 @@ from writejobs.providers.base import (
 )
 from writejobs.providers.http_common import (
     failed_chunk,
-    header_int,
     is_retryable_status,
     json_objects,
     read_json,
@@ -54,6 +52,9 @@ from writejobs.providers.http_common import (
 
 # Re-exported: callers and tests have always found it here.
 from writejobs.providers.http_common import parse_retry_after as parse_retry_after
+
+# The limits an answer tells: read in hubspot_limits, reached here too (the registry's map).
+from writejobs.providers.hubspot_limits import read_rate_limit as read_rate_limit
 from writejobs.providers.natural_keys import upsert_value
 
 PROVIDER = "hubspot"
@@ -66,14 +67,6 @@ _CATEGORY_STATUS = {"VALIDATION_ERROR": 400, "OBJECT_NOT_FOUND": 404, "CONFLICT"
 _NO_RESULT = "HubSpot returned no result for this record"
 # The headers on every HubSpot answer (the daily pair only for private apps), and the
 # per-second pair that API-key era answers carried instead of Max / Interval.
-MAX_HEADER = "X-HubSpot-RateLimit-Max"
-REMAINING_HEADER = "X-HubSpot-RateLimit-Remaining"
-INTERVAL_HEADER = "X-HubSpot-RateLimit-Interval-Milliseconds"
-DAILY_HEADER = "X-HubSpot-RateLimit-Daily"
-DAILY_REMAINING_HEADER = "X-HubSpot-RateLimit-Daily-Remaining"
-_SECONDLY_HEADER = "X-HubSpot-RateLimit-Secondly"
-_SECONDLY_REMAINING_HEADER = "X-HubSpot-RateLimit-Secondly-Remaining"
-DAILY_POLICY = "DAILY"
 
 
 class HubSpotAdapter:
@@ -294,49 +287,6 @@ def classify_failure(
     return response_failure(
         failure, _hubspot_message(failure), provider=PROVIDER, retryable=retryable, now=now
     )
-
-
-def read_rate_limit(response: httpx.Response, now: datetime) -> RateLimitObservation | None:
-    """What a HubSpot answer says of the account's limits; None when it says nothing.
-
-    Every answer carries `X-HubSpot-RateLimit-Max` / `-Remaining` /
-    `-Interval-Milliseconds` (and `-Daily` / `-Daily-Remaining` for private apps). A
-    429 is HubSpot's `{status, message, errorType: "RATE_LIMIT", correlationId,
-    policyName}`: `policyName` `DAILY` is the day's cap (it resets at midnight in the
-    account's time zone, which the answer does not say, so no reset hint), anything
-    else (`TEN_SECONDLY_ROLLING`) the rolling window, which is free again at most one
-    interval later. HubSpot documents no `Retry-After`; one sent is kept.
-    """
-    limit = header_int(response, MAX_HEADER)
-    remaining = header_int(response, REMAINING_HEADER)
-    interval_ms = header_int(response, INTERVAL_HEADER)
-    if limit is None and (secondly := header_int(response, _SECONDLY_HEADER)) is not None:
-        limit, remaining, interval_ms = (
-            secondly,
-            header_int(response, _SECONDLY_REMAINING_HEADER),
-            1000,
-        )
-    interval_s = interval_ms / 1000 if interval_ms else None
-    policy: Policy | None = None
-    reset_after_s: float | None = None
-    retry_after_s: float | None = None
-    if response.status_code == 429:
-        body = read_json(response)
-        name = body.get("policyName") if isinstance(body, dict) else None
-        policy = "daily" if str(name).upper() == DAILY_POLICY else "rolling"
-        reset_after_s = interval_s if policy == "rolling" else None
-        retry_after_s = parse_retry_after(response.headers.get("Retry-After"), now=now)
-    observation = RateLimitObservation(
-        max=limit,
-        remaining=remaining,
-        interval_s=interval_s,
-        daily_max=header_int(response, DAILY_HEADER),
-        daily_remaining=header_int(response, DAILY_REMAINING_HEADER),
-        policy=policy,
-        reset_after_s=reset_after_s,
-        retry_after_s=retry_after_s,
-    )
-    return None if observation == RateLimitObservation() else observation
 
 
 _EXISTING_ID = re.compile(r"Existing ID: ?(\d+)")
