@@ -6,10 +6,7 @@ settles all its members in one; a sync write records its row before the call).
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,12 +18,10 @@ from sqlalchemy import (
     insert,
     or_,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.orm import Session
 
-from writejobs.clock import as_utc, iso
 from writejobs.core.operations import TERMINAL, State
 
 # The state machine's moves live in operation_moves; callers reach them through here too.
@@ -37,6 +32,14 @@ from writejobs.store.operation_moves import count_finished as count_finished
 from writejobs.store.operation_moves import deferred as deferred
 from writejobs.store.operation_moves import take_batch as take_batch
 from writejobs.store.operation_moves import transition as transition
+
+# An installation's operations page by page live in operation_pages, reached here too.
+from writejobs.store.operation_pages import Page as Page
+from writejobs.store.operation_pages import decode_page_token as decode_page_token
+from writejobs.store.operation_pages import encode_page_token as encode_page_token
+from writejobs.store.operation_pages import (
+    list_installation_operations as list_installation_operations,
+)
 from writejobs.store.tables import Operation, OperationLog, OperationPayload
 
 log = logging.getLogger(__name__)
@@ -125,55 +128,6 @@ def list_logs(session: Session, operation_id: str) -> list[OperationLog]:
         .order_by(OperationLog.id)
     )
     return list(session.scalars(statement))
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    operations: list[Operation]
-    next_token: str | None
-
-
-def list_installation_operations(
-    session: Session, installation_id: str, *, page_size: int, page_token: str | None
-) -> Page:
-    """Newest first, keyset-paginated on (created_at, id) so pages never skip or repeat.
-
-    The token names the last row served; the next page starts strictly below it.
-    The bound is one row-value comparison, `(created_at, id) < (:t, :id)`, so
-    PostgreSQL and SQLite seek straight to it in `ix_operations_installation_created`
-    (installation_id, created_at, id), read backwards: a page deep into a million
-    rows costs what the first one does. The same bound written as `created_at < :t
-    OR (created_at = :t AND id < :id)` is no index range to PostgreSQL, which then
-    filters every newer row: 166 ms at depth 500,000 of 1,000,000 rows against
-    0.03 ms (bench/read_bench.py).
-    """
-    statement = select(Operation).where(Operation.installation_id == installation_id)
-    if page_token is not None:
-        created_at, op_id = decode_page_token(page_token)
-        statement = statement.where(
-            tuple_(Operation.created_at, Operation.id) < tuple_(created_at, op_id)
-        )
-    statement = statement.order_by(Operation.created_at.desc(), Operation.id.desc())
-    rows = list(session.scalars(statement.limit(page_size + 1)))
-    if len(rows) <= page_size:
-        return Page(rows, None)
-    last = rows[page_size - 1]
-    return Page(rows[:page_size], encode_page_token(as_utc(last.created_at), last.id))
-
-
-def encode_page_token(created_at: datetime, operation_id: str) -> str:
-    raw = json.dumps([iso(created_at), operation_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_page_token(token: str) -> tuple[datetime, str]:
-    """Raise ValueError for a token we did not make."""
-    try:
-        padded = token + "=" * (-len(token) % 4)
-        created, op_id = json.loads(base64.urlsafe_b64decode(padded))
-        return datetime.fromisoformat(created.replace("Z", "+00:00")), str(op_id)
-    except Exception as exc:  # any malformed token is the caller's error
-        raise ValueError("pageToken is not valid") from exc
 
 
 def stale_pending(session: Session, *, older_than: datetime, limit: int) -> list[Operation]:
