@@ -53,6 +53,8 @@ INSTALLATIONS_PAGE = 100
 COUNT_CAP = 1000
 FLEET_COUNT_CAP = 10000
 LOG_LIMIT = 500
+# Webhook deliveries shown on an operation's page (one per destination, usually).
+WEBHOOK_LIMIT = 20
 BATCH_LIMIT = 200
 _LOGIN_BODY_LIMIT = 8192
 _UNFINISHED = PUBLIC_STATUSES["in_progress"]
@@ -328,7 +330,8 @@ def operations(
 def operation(
     request: Request, viewer: CurrentViewer, session: DbSession, operation_id: str
 ) -> Response:
-    """One operation: what the operations API shows, its batch, and its logs."""
+    """One operation: what the operations API shows, its batch, its logs and its
+    webhook deliveries."""
     op = console_queries.get_operation(session, viewer.project_id, operation_id)
     if op is None:
         return not_found(request, viewer, "operation")
@@ -356,6 +359,7 @@ def operation(
         log_limit=LOG_LIMIT,
         members=members,
         records=_records(view["records"]),
+        deliveries=console_queries.webhook_deliveries(session, op.id, limit=WEBHOOK_LIMIT),
     )
 
 

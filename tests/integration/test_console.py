@@ -432,3 +432,45 @@ def test_the_fleet_page_draws_the_last_hour_for_an_operator(
         assert "<svg" in text and "<rect" in text
     finally:
         client_redis.delete(console_settings.celery_queue, keys.metrics, keys.metrics_history)
+
+
+def test_an_operations_page_lists_its_webhook_deliveries_and_their_attempts(
+    console_settings: Settings, console_url: str, own: Tenant
+) -> None:
+    from writejobs.store.webhook_tables import WebhookAttempt, WebhookDelivery, WebhookDestination
+
+    [op_id] = add_operations(console_settings, own, [{"state": "succeeded", "shape": "single"}])
+    now = utcnow()
+    url = f"https://hooks-{uuid.uuid4().hex[:6]}.example.com/in"
+    with engine_session(console_settings) as session:
+        destination = WebhookDestination(
+            id=str(uuid.uuid4()), project_id=own.project_id, url=url, secret="x", created_at=now
+        )
+        session.add(destination)
+        session.flush()
+        delivery = WebhookDelivery(
+            destination_id=destination.id,
+            operation_id=op_id,
+            event_id=f"msg_{op_id}",
+            state="delivered",
+            attempts=2,
+            next_attempt_at=now,
+            created_at=now,
+            delivered_at=now,
+            last_status=204,
+        )
+        session.add(delivery)
+        session.flush()
+        session.add_all(
+            [
+                WebhookAttempt(delivery_id=delivery.id, at=now, status_code=None, latency_ms=5000),
+                WebhookAttempt(delivery_id=delivery.id, at=now, status_code=204, latency_ms=12),
+            ]
+        )
+        session.commit()
+    with browser(console_url) as client:
+        key_login(client, own.api_key)
+        page = client.get(f"/console/operations/{op_id}")
+    assert page.status_code == 200
+    assert url in page.text and f"msg_{op_id}" in page.text and "delivered" in page.text
+    assert "204 in 12 ms" in page.text and "no answer in 5000 ms" in page.text

@@ -23,6 +23,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Select, func, select, tuple_
 from sqlalchemy.orm import Session
@@ -38,6 +39,7 @@ from writejobs.store.tables import (
     Project,
 )
 from writejobs.store.tenants_repo import hash_api_key
+from writejobs.store.webhook_tables import WebhookAttempt, WebhookDelivery, WebhookDestination
 
 ALL_STATES: tuple[str, ...] = tuple(s.value for s in State)
 
@@ -224,3 +226,25 @@ def count_fleet_states(session: Session, states: tuple[str, ...], *, cap: int) -
         bounded = select(Operation.id).where(Operation.state == state).limit(cap + 1).subquery()
         counts[state] = int(session.scalar(select(func.count()).select_from(bounded)) or 0)
     return counts
+
+
+def webhook_deliveries(session: Session, operation_id: str, *, limit: int) -> list[dict[str, Any]]:
+    """The operation's webhook deliveries, oldest first, each with its destination's URL
+    and its attempts (newest first, at most five): what the console's operation page shows."""
+    statement = (
+        select(WebhookDelivery, WebhookDestination.url)
+        .join(WebhookDestination, WebhookDestination.id == WebhookDelivery.destination_id)
+        .where(WebhookDelivery.operation_id == operation_id)
+        .order_by(WebhookDelivery.id)
+        .limit(limit)
+    )
+    found: list[dict[str, Any]] = []
+    for delivery, url in session.execute(statement):
+        attempts = session.scalars(
+            select(WebhookAttempt)
+            .where(WebhookAttempt.delivery_id == delivery.id)
+            .order_by(WebhookAttempt.id.desc())
+            .limit(5)
+        )
+        found.append({"delivery": delivery, "url": url, "attempts": list(attempts)})
+    return found
