@@ -44,6 +44,8 @@ def create_app(settings: Settings | None = None, *, wiring: Wiring | None = None
             rate_per_s=settings.intake_quota_rps,
             burst=settings.intake_quota_burst,
         ),
+        committer=wiring.committer,
+        hand_offs=wiring.hand_offs,
     )
     app.state.metrics_registry = metrics_registry(wiring, settings)
     install_handlers(app)

@@ -16,12 +16,15 @@ from api_shim.views import batch_response, write_result
 from writejobs.clock import iso, utcnow
 from writejobs.core.contract import WriteRequest, parse_write_request
 from writejobs.intake.idempotency import KeyClaim
-from writejobs.intake.write import Accepted, WriteTarget, accept_write
+from writejobs.intake.write import Accepted, WriteTarget, accept_async_write, accept_write
 
 router = APIRouter()
 
 # Request bodies over this are refused before parsing (100 records of a CRM are far smaller).
 MAX_BODY_BYTES = 10 * 1024 * 1024
+# Bodies up to this are parsed on the event loop (tens of microseconds); larger ones in
+# a thread, so one big batch cannot stall every other request.
+SMALL_BODY_BYTES = 64 * 1024
 
 _REQUEST_SCHEMA = {
     "required": True,
@@ -52,9 +55,28 @@ async def write_records(
     """
     state.quota.check(project.id, utcnow())
     body = await read_limited_body(request, MAX_BODY_BYTES)
-    # Parsing and checking up to 10 MiB of JSON is CPU work: off the event loop.
-    write = await run_in_threadpool(parse_write_request, body)
+    if len(body) <= SMALL_BODY_BYTES:
+        write = parse_write_request(body)
+    else:
+        # Parsing and checking up to 10 MiB of JSON is CPU work: off the event loop.
+        write = await run_in_threadpool(parse_write_request, body)
     target = WriteTarget(project, integrationId, objectName)
+    if (
+        write.is_async
+        and idempotency_key is None
+        and state.dispatch.directory.knows(project.id, integrationId, write.group_ref)
+    ):
+        # The hot path: nothing here blocks the loop, so no request thread is taken.
+        accepted = await accept_async_write(
+            target,
+            write,
+            state.deps,
+            state.dispatch,
+            state.committer.commit_async,
+            state.hand_offs,
+        )
+        state.metrics.count("writes_accepted", shape=accepted.operation.shape)
+        return _answer(accepted, write)
 
     def perform(claim: KeyClaim | None) -> Response:
         accepted = accept_write(target, write, state.deps, state.dispatch, claim)

@@ -7,6 +7,7 @@ No worker reads the `parked` queue, so every test can look at exactly which
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from tests.support.parked import Parked
@@ -31,6 +32,25 @@ def test_group_flushes_at_the_hundredth_record(parked: Parked) -> None:
     assert {op.state for op in ops} == {"queued"}
     assert {op.batch_id for op in ops} == {args[0]}
     assert {op.flush_reason for op in ops} == {"size"}
+
+
+def test_concurrent_writes_handed_off_together_fill_one_batch_and_start_the_next(
+    parked: Parked,
+) -> None:
+    # 16 clients at once: the hand-off thread buffers what one group commit recorded
+    # in one round trip, so the 100th and the 101st append may share a pipeline.
+    with ThreadPoolExecutor(16) as pool:
+        ids = list(pool.map(lambda i: parked.write({"email": f"c{i}@example.com"}), range(130)))
+    assert parked.wiring.hand_offs.wait_idle(10)
+    [(name, [batch_id])] = parked.sent()
+    assert name == task_names.WRITE_BATCH
+    ops = parked.ops(ids)
+    flushed = [op for op in ops if op.batch_id == batch_id]
+    assert len(flushed) == 100 and {op.state for op in flushed} == {"queued"}
+    rest = [op.id for op in ops if op.batch_id is None]
+    assert len(rest) == 30 and {op.state for op in ops if op.batch_id is None} == {"pending"}
+    [claim] = parked.wiring.batcher.flush_due(_later(1.05)).flushed
+    assert sorted(claim.member_ids) == sorted(rest)
 
 
 def test_group_flushes_when_its_earliest_member_is_due(parked: Parked) -> None:

@@ -93,7 +93,7 @@ def test_an_async_write_redis_refused_is_accepted_kept_queued_and_sent_by_the_sw
     wiring = parked.wiring
     recorder: Callable[..., None] | None = wiring.dispatch.record if record else None
     down = Dispatch(
-        broker_down, wiring.dispatch.buffer_operation, wiring.dispatch.directory, recorder
+        broker_down, wiring.dispatch.buffer_operations, wiring.dispatch.directory, recorder
     )
 
     accepted = accept_write(
@@ -151,7 +151,7 @@ def test_a_bulk_upsert_redis_refused_is_accepted_and_sent_by_the_sweep(
 ) -> None:
     wiring = parked.wiring
     sf = create_tenant(parked.settings, parked.tenant.api_url, sandbox_url, provider="salesforce")
-    down = Dispatch(broker_down, wiring.dispatch.buffer_operation, wiring.dispatch.directory)
+    down = Dispatch(broker_down, wiring.dispatch.buffer_operations, wiring.dispatch.directory)
     raw = {"groupRef": sf.group_ref, "primaryKey": "Id", "recordsCSV": "Id,LastName\n,Ada\n"}
     request, content = parse_bulk_request(json.dumps(raw).encode())
 
@@ -168,7 +168,7 @@ def test_a_sweep_whose_send_fails_keeps_the_mark_for_the_next_pass(parked: Parke
     wiring = parked.wiring
     down = Dispatch(
         broker_down,
-        wiring.dispatch.buffer_operation,
+        wiring.dispatch.buffer_operations,
         wiring.dispatch.directory,
         wiring.dispatch.record,
     )
@@ -212,7 +212,7 @@ def test_a_write_the_store_cannot_record_is_refused_with_a_503(
     dead_sessions = create_session_factory(dead_engine)
     dispatch = Dispatch(
         wiring.dispatch.send_operation,
-        wiring.dispatch.buffer_operation,
+        wiring.dispatch.buffer_operations,
         # The tenant is known (an API process caches it); the row is what cannot be written.
         wiring.dispatch.directory,
         GroupCommitter(dead_sessions).commit if record else None,
@@ -240,7 +240,7 @@ def test_the_api_answers_503_problem_json_when_the_store_cannot_take_the_row(
     # Everything of the live system but the committer, which writes to the dead store.
     dispatch = Dispatch(
         live.dispatch.send_operation,
-        live.dispatch.buffer_operation,
+        live.dispatch.buffer_operations,
         live.dispatch.directory,
         GroupCommitter(create_session_factory(dead_store_engine)).commit,
     )

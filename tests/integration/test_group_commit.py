@@ -3,6 +3,7 @@ caller returns only once its own rows are committed, and one bad row fails alone
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from collections.abc import Iterator
@@ -119,3 +120,34 @@ def test_a_write_that_cannot_be_committed_fails_alone(
     assert isinstance(outcomes[-1], IntegrityError)
     fresh = [row["id"] for row in rows[:-1]]
     assert count(settings, Operation, fresh, "id") == 19
+
+
+def test_coroutines_share_groups_and_each_returns_once_its_row_is_committed(
+    committer: GroupCommitter, owner: Tenant, settings: Settings
+) -> None:
+    rows = [operation(owner) for _ in range(THREADS)]
+    taken = rows[0]
+    committer.commit(taken, [])
+    duplicate = operation(owner, taken["id"])
+
+    async def write_all() -> list[BaseException | None]:
+        async def one(row: dict[str, Any]) -> None:
+            await committer.commit_async(
+                row, [operations_repo.log_row(row["id"], "w", now=utcnow())]
+            )
+            # Returned: the row is there for anyone to read.
+            assert count(settings, Operation, [row["id"]], "id") == 1
+
+        results = await asyncio.gather(
+            *(one(row) for row in [*rows[1:], duplicate]), return_exceptions=True
+        )
+        return [r if isinstance(r, BaseException) else None for r in results]
+
+    before = committer.groups_committed
+    outcomes = asyncio.run(write_all())
+
+    assert outcomes[:-1] == [None] * (THREADS - 1)
+    assert isinstance(outcomes[-1], IntegrityError)
+    assert count(settings, Operation, [row["id"] for row in rows], "id") == THREADS
+    # All were waiting on one event loop, yet they did not commit one by one.
+    assert committer.groups_committed - before < THREADS - 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -75,8 +75,8 @@ class RecordingSender:
     def schedule_retry(self, kind: str, target_id: str, at: datetime) -> None:
         self.waits.append((kind, target_id, at))
 
-    def buffer_operation(self, operation: Operation) -> None:
-        self.buffered.append(operation.id)
+    def buffer_operations(self, operations: Sequence[Operation]) -> None:
+        self.buffered.extend(op.id for op in operations)
 
     def release_due(self, now: datetime) -> None:
         """Send the task of every wait that is due (what `RetryQueue.release_due` does)."""
@@ -221,7 +221,7 @@ def core(settings: Settings, *, seed: int = SEED) -> Iterator[Core]:
         schedule_retry=sender.schedule_retry,
         rng=random.Random(seed),
     )
-    dispatch = Dispatch(sender.send_operation, sender.buffer_operation, TenantDirectory(sessions))
+    dispatch = Dispatch(sender.send_operation, sender.buffer_operations, TenantDirectory(sessions))
     tenant = create_tenant(settings, "http://api.invalid", "http://provider.invalid")
     try:
         yield Core(settings, clock, provider, sender, deps, dispatch, tenant)

@@ -56,6 +56,9 @@ class Parked:
                 },
             )
         assert response.status_code == 200, response.text
+        # The API answers once the row is committed and buffers it just after: wait for
+        # that, so a test sees the buffer (and a flush the write caused) as it stands.
+        assert self.wiring.hand_offs.wait_idle(10), "the hand-off thread is stuck"
         return str(response.json()["operationId"])
 
     def ops(self, ids: list[str]) -> list[Any]:

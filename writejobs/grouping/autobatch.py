@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from importlib import resources
@@ -96,25 +96,39 @@ class AutoBatcher:
 
     def buffer(self, op: Operation) -> Claim | None:
         """Add an accepted pending operation to its group; flush at once if that fills it."""
-        assert op.max_delay_s is not None
-        group = group_key(op.installation_id, op.object_name, op.write_type)
-        due_at = as_utc(op.created_at).timestamp() + op.max_delay_s
-        batch_id = str(uuid.uuid4())
+        claims = self.buffer_many([op])
+        return claims[0] if claims else None
+
+    def buffer_many(self, ops: Sequence[Operation]) -> list[Claim]:
+        """`buffer` for many operations in one round trip to Redis (the intake hands off
+        what one group commit recorded); then flush each group they filled."""
         now = self.clock().timestamp()
-        ids = self._append(
-            keys=[
-                self.keys.buffer(group),
-                self.keys.due,
-                self.keys.batch(batch_id),
-                self.keys.unsent,
-            ],
-            args=[group, op.id, repr(due_at), repr(now), self.batch_limit],
-        )
-        if not ids:
-            return None
-        claim = Claim(batch_id, group, "size", [_text(i) for i in ids])
-        self.flush(claim)
-        return claim
+        pipe = self.redis.pipeline(transaction=False)
+        appends: list[tuple[str, str]] = []
+        for op in ops:
+            assert op.max_delay_s is not None
+            group = group_key(op.installation_id, op.object_name, op.write_type)
+            due_at = as_utc(op.created_at).timestamp() + op.max_delay_s
+            batch_id = str(uuid.uuid4())
+            self._append(
+                keys=[
+                    self.keys.buffer(group),
+                    self.keys.due,
+                    self.keys.batch(batch_id),
+                    self.keys.unsent,
+                ],
+                args=[group, op.id, repr(due_at), repr(now), self.batch_limit],
+                client=pipe,
+            )
+            appends.append((batch_id, group))
+        claims = [
+            Claim(batch_id, group, "size", [_text(i) for i in ids])
+            for (batch_id, group), ids in zip(appends, pipe.execute(), strict=True)
+            if ids
+        ]
+        for claim in claims:
+            self.flush(claim)
+        return claims
 
     def flush_due(self, now: datetime, *, max_groups: int = 1000) -> TickReport:
         """Flush every group whose earliest member is due at `now` (at most 100 per batch)."""

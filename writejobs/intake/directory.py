@@ -133,6 +133,16 @@ class TenantDirectory:
             ),
         )
 
+    def knows(self, project_id: str, integration_id_or_name: str, group_ref: str) -> bool:
+        """Whether a write's route is answered from the cache alone (no SQL): an event
+        loop may then route it itself. A cached miss counts: it answers 404 at once."""
+        found, integration = self._integrations.peek((project_id, integration_id_or_name))
+        if not found:
+            return False
+        if integration is None:
+            return True
+        return self._installations.peek((integration.id, group_ref))[0]
+
     def _load(self, query: Callable[[Session], T | None]) -> T | None:
         with self.sessions() as session:
             found = query(session)

@@ -19,14 +19,20 @@ from sqlalchemy.orm import Session
 from writejobs.core.contract import WriteRequest, check_target_names
 from writejobs.core.json_input import shown
 from writejobs.core.operations import State
-from writejobs.errors import ContractError, InstallationPaused, NotFound, ProviderError
+from writejobs.errors import (
+    ContractError,
+    InstallationPaused,
+    NotFound,
+    ProviderError,
+    StoreUnavailable,
+)
 from writejobs.execution.crash import end_crashed
 from writejobs.execution.deps import ExecutionDeps
 from writejobs.execution.gate import admit_sync
 from writejobs.execution.run import attempt_write, request_items, write_options
 from writejobs.execution.settle import settle
 from writejobs.intake.directory import TenantDirectory
-from writejobs.intake.handoff import hand_off, recording
+from writejobs.intake.handoff import STORE_DOWN, HandOffs, hand_off, recording
 from writejobs.intake.idempotency import KeyClaim, accepted_answer
 from writejobs.providers.base import BatchOutcome
 from writejobs.store import idempotency_repo, operations_repo
@@ -53,6 +59,12 @@ class Accepted:
     provider_error: ProviderError | None = None
 
 
+class AsyncRecorder(Protocol):
+    """await record(operation row, its log rows): committed once it returns."""
+
+    async def __call__(self, operation: dict[str, Any], logs: list[dict[str, Any]]) -> None: ...
+
+
 class Recorder(Protocol):
     """record(operation row, its log rows, its idempotency-key rows): durable once it
     returns (see store.group_commit)."""
@@ -71,7 +83,7 @@ class Dispatch:
     the group committer, Celery, Redis). Without a `record`, each write commits alone."""
 
     send_operation: Callable[[str], None]
-    buffer_operation: Callable[[Operation], object]
+    buffer_operations: Callable[[Sequence[Operation]], object]
     directory: TenantDirectory
     record: Recorder | None = None
     # submit(operation): hand an accepted operation to the fair-share admission, which
@@ -112,6 +124,65 @@ def accept_write(
     Redis being down is no error here: a committed write is accepted and the
     hand-off sweep sends it later (see `writejobs.intake.handoff`).
     """
+    installation, op, accepted = _prepare(target, request, deps, dispatch, replay_of)
+    if not request.is_async:
+        # Before the row: a write the rate limit refuses (429) leaves nothing behind.
+        admit_sync(deps, installation, op.record_count)
+        keys = [] if claim is None else [claim.row(op.id, op.created_at, None)]
+        with deps.sessions() as session:
+            with recording():
+                _record_alone(session, op, accepted, keys)
+            return _run_inline(session, op, installation, request, deps)
+    keys = [] if claim is None else [claim.row(op.id, op.created_at, accepted_answer(op.id))]
+    with recording():
+        if dispatch.record is not None:
+            dispatch.record(operations_repo.operation_row(op), [accepted], keys)
+        else:
+            with deps.sessions() as session:
+                _record_alone(session, op, accepted, keys)
+    hand_off(op, dispatch, deps)
+    return Accepted(op)
+
+
+async def accept_async_write(
+    target: WriteTarget,
+    request: WriteRequest,
+    deps: ExecutionDeps,
+    dispatch: Dispatch,
+    committer: AsyncRecorder,
+    hand_offs: HandOffs,
+) -> Accepted:
+    """`accept_write` for an asynchronous write, on the event loop: no request thread
+    waits for the group commit, and the hand-off to Redis happens after the answer,
+    pooled with other requests' (`HandOffs`). The client still hears the operation's id
+    only once its row is committed.
+
+    Only for a route the directory already holds (`TenantDirectory.knows`): a lookup
+    would query SQL on the loop. Raises what `accept_write` raises.
+    """
+    if not request.is_async:
+        raise ValueError("accept_async_write takes asynchronous writes only")
+    _installation, op, accepted = _prepare(target, request, deps, dispatch, None)
+    try:
+        await committer(operations_repo.operation_row(op), [accepted])
+    except STORE_DOWN as exc:
+        log.warning("the store could not record a write: %s", type(exc).__name__)
+        raise StoreUnavailable(
+            f"the store could not record the write: {type(exc).__name__}"
+        ) from exc
+    hand_offs.put(op)
+    return Accepted(op)
+
+
+def _prepare(
+    target: WriteTarget,
+    request: WriteRequest,
+    deps: ExecutionDeps,
+    dispatch: Dispatch,
+    replay_of: str | None,
+) -> tuple[Installation, Operation, dict[str, Any]]:
+    """Route the write and check what the installation allows; the new operation and
+    its first log row, nothing recorded yet."""
     with recording():
         installation = find_installation(target, request.group_ref, dispatch.directory)
     if not request.is_async and installation.paused_at is not None:
@@ -132,23 +203,7 @@ def accept_write(
         op.replay_of = replay_of
         details["replay_of"] = replay_of
     accepted = operations_repo.log_row(op.id, "write accepted", now=op.created_at, details=details)
-    if not request.is_async:
-        # Before the row: a write the rate limit refuses (429) leaves nothing behind.
-        admit_sync(deps, installation, op.record_count)
-        keys = [] if claim is None else [claim.row(op.id, op.created_at, None)]
-        with deps.sessions() as session:
-            with recording():
-                _record_alone(session, op, accepted, keys)
-            return _run_inline(session, op, installation, request, deps)
-    keys = [] if claim is None else [claim.row(op.id, op.created_at, accepted_answer(op.id))]
-    with recording():
-        if dispatch.record is not None:
-            dispatch.record(operations_repo.operation_row(op), [accepted], keys)
-        else:
-            with deps.sessions() as session:
-                _record_alone(session, op, accepted, keys)
-    hand_off(op, dispatch, deps)
-    return Accepted(op)
+    return installation, op, accepted
 
 
 def _record_alone(

@@ -23,6 +23,7 @@ from writejobs.grouping.keys import Keys
 from writejobs.grouping.limiter import RedisRateLimiter
 from writejobs.grouping.retry_waits import RetryQueue
 from writejobs.intake.directory import TenantDirectory
+from writejobs.intake.handoff import HandOffs
 from writejobs.intake.write import Dispatch
 from writejobs.providers.connect import ProviderClients
 from writejobs.runtime.celery_config import create_sender
@@ -50,6 +51,9 @@ class Wiring:
     send_webhooks: Callable[[list[int]], None]
     limiter: RedisRateLimiter
     admission: Admission
+    committer: GroupCommitter
+    # Hands committed operations to Redis after the API's answer (accept_async_write).
+    hand_offs: HandOffs
 
 
 def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
@@ -128,7 +132,7 @@ def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
     committer = GroupCommitter(deps.sessions)
     dispatch = Dispatch(
         send_operation,
-        batcher.buffer,
+        batcher.buffer_many,
         directory,
         committer.commit,
         submit=admission.submit_operation,
@@ -155,6 +159,8 @@ def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
         send_webhooks,
         limiter,
         admission,
+        committer,
+        HandOffs(dispatch, deps),
     )
 
 

@@ -15,10 +15,11 @@ commit with their operation, and a key already taken fails only its own write
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,14 @@ class _Ticket:
     keys: Sequence[dict[str, Any]] = ()
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+    # Called in the committer thread once the ticket's fate is known (asyncio callers).
+    then: Callable[[BaseException | None], None] | None = None
+
+    def finish(self, error: BaseException | None = None) -> None:
+        self.error = error
+        if self.then is not None:
+            self.then(error)
+        self.done.set()
 
 
 class GroupCommitter:
@@ -77,6 +86,24 @@ class GroupCommitter:
         if ticket.error is not None:
             raise ticket.error
 
+    async def commit_async(
+        self,
+        operation: dict[str, Any],
+        logs: list[dict[str, Any]],
+        keys: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        """`commit` for a coroutine: the event loop goes on serving other requests while
+        the group commits, and no request thread is held waiting for it."""
+        self._ensure_started()
+        loop = asyncio.get_running_loop()
+        committed: asyncio.Future[None] = loop.create_future()
+
+        def wake(error: BaseException | None) -> None:
+            loop.call_soon_threadsafe(_settle, committed, error)
+
+        self._queue.put(_Ticket(operation, logs, keys, then=wake))
+        await committed
+
     def _ensure_started(self) -> None:
         if self._thread is not None:
             return
@@ -100,20 +127,20 @@ class GroupCommitter:
             self._write(group)
         except Exception as exc:
             if len(group) == 1:
-                _fail(group[0], exc)
+                group[0].finish(exc)
                 return
             log.warning("group commit of %d writes failed; committing them one by one", len(group))
             for ticket in group:
                 try:
                     self._write([ticket])
                 except Exception as one:
-                    _fail(ticket, one)
+                    ticket.finish(one)
                     continue
-                ticket.done.set()
+                ticket.finish()
             return
         self.groups_committed += 1
         for ticket in group:
-            ticket.done.set()
+            ticket.finish()
 
     def _write(self, group: list[_Ticket]) -> None:
         with self._sessions() as session:
@@ -142,6 +169,10 @@ def _key_of(row: dict[str, Any]) -> tuple[str, str]:
     return (row["project_id"], row["key"])
 
 
-def _fail(ticket: _Ticket, error: BaseException) -> None:
-    ticket.error = error
-    ticket.done.set()
+def _settle(committed: asyncio.Future[None], error: BaseException | None) -> None:
+    if committed.cancelled():  # the request went away; its rows are committed all the same
+        return
+    if error is None:
+        committed.set_result(None)
+    else:
+        committed.set_exception(error)
