@@ -14,6 +14,7 @@ from api_shim import (
     routes_write,
 )
 from api_shim.console import routes as console
+from api_shim.fast_lane import FastLane
 from api_shim.problems import install_handlers
 from api_shim.routes_metrics import metrics_registry
 from api_shim.state import AppState
@@ -49,6 +50,8 @@ def create_app(settings: Settings | None = None, *, wiring: Wiring | None = None
     )
     app.state.metrics_registry = metrics_registry(wiring, settings)
     install_handlers(app)
+    # Outermost of our own layers: the common asynchronous write never reaches routing.
+    app.add_middleware(FastLane, state=lambda: app.state.writejobs)
     app.include_router(routes_write.router)
     app.include_router(routes_bulk.router)
     app.include_router(routes_operations.router)

@@ -16,7 +16,7 @@ from api_shim.views import batch_response, write_result
 from writejobs.clock import iso, utcnow
 from writejobs.core.contract import WriteRequest, parse_write_request
 from writejobs.intake.idempotency import KeyClaim
-from writejobs.intake.write import Accepted, WriteTarget, accept_async_write, accept_write
+from writejobs.intake.write import Accepted, WriteTarget, accept_write
 
 router = APIRouter()
 
@@ -61,22 +61,6 @@ async def write_records(
         # Parsing and checking up to 10 MiB of JSON is CPU work: off the event loop.
         write = await run_in_threadpool(parse_write_request, body)
     target = WriteTarget(project, integrationId, objectName)
-    if (
-        write.is_async
-        and idempotency_key is None
-        and state.dispatch.directory.knows(project.id, integrationId, write.group_ref)
-    ):
-        # The hot path: nothing here blocks the loop, so no request thread is taken.
-        accepted = await accept_async_write(
-            target,
-            write,
-            state.deps,
-            state.dispatch,
-            state.committer.commit_async,
-            state.hand_offs,
-        )
-        state.metrics.count("writes_accepted", shape=accepted.operation.shape)
-        return _answer(accepted, write)
 
     def perform(claim: KeyClaim | None) -> Response:
         accepted = accept_write(target, write, state.deps, state.dispatch, claim)

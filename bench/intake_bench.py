@@ -6,7 +6,9 @@ baseline: what the same server and clients do with no work behind the route),
 then auto-batched single-record creates (an operation row committed, a Redis
 append), then asynchronous single-record creates (an operation row, a Celery
 task sent). No worker runs; nothing is written to a provider. Prints requests
-per second and median and 95th-percentile latency of each.
+per second, median and 95th-percentile latency, and the API process's CPU per request
+(user + system, from /proc: steady when the machine is busy, unlike the rates), then
+each write's rate against the target of half the `/healthz` rate.
 
 Run: `.venv/bin/python bench/intake_bench.py [seconds] [clients]` (defaults 10 and
 16; uses WRITEJOBS_REDIS_URL and WRITEJOBS_DATABASE_URL when set, else an embedded
@@ -34,7 +36,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from bench_support import bench_redis, drop_schema, own_schema  # noqa: E402
 
-from tests.support.system import create_tenant, running_api  # noqa: E402
+from tests.support.system import create_tenant, running_api_process  # noqa: E402
 from writejobs.settings import Settings  # noqa: E402
 from writejobs.store.migrate import migrate  # noqa: E402
 
@@ -85,6 +87,12 @@ def measure(
     return len(latencies) / seconds, statistics.median(latencies) * 1000, p95 * 1000
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 10.0
     clients = int(sys.argv[2]) if len(sys.argv) > 2 else 16
@@ -110,7 +118,7 @@ def bench_intake(seconds: float, clients: int, data_dir: Path, redis_url: str) -
     migrate(settings)
     store = "PostgreSQL" if settings.database_url else "SQLite (WAL)"
     try:
-        with running_api(settings) as api_url:
+        with running_api_process(settings) as (api_url, api):
             tenant = create_tenant(settings, api_url, "http://127.0.0.1:9")
             write = f"{api_url}{tenant.write_path()}"
             base = {"groupRef": tenant.group_ref, "type": "create", "mode": "asynchronous"}
@@ -124,12 +132,26 @@ def bench_intake(seconds: float, clients: int, data_dir: Path, redis_url: str) -
             }
             print(
                 f"one API process, {clients} clients in {CLIENT_PROCESSES} processes, "
-                f"{seconds:g} s each; store {store}"
+                f"{seconds:g} s each; store {store}; API pid {api.process.pid} (to profile)",
+                flush=True,
             )
-            print(f"{'request':<26} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8}")
+            print(
+                f"{'request':<26} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'API CPU ms/req':>15}"
+            )
+            rates: dict[str, float] = {}
             for name, (url, body) in cases.items():
+                cpu_before = process_cpu_s(api.process.pid)
                 rate, p50, p95 = measure(url, tenant.api_key, body, clients, seconds)
-                print(f"{name:<26} {rate:>8.0f} {p50:>8.1f} {p95:>8.1f}")
+                cpu_ms = (process_cpu_s(api.process.pid) - cpu_before) * 1000 / (rate * seconds)
+                rates[name] = rate
+                print(f"{name:<26} {rate:>8.0f} {p50:>8.1f} {p95:>8.1f} {cpu_ms:>15.2f}")
+            baseline = rates["GET /healthz (baseline)"]
+            for name in ("auto-batched create", "async create"):
+                verdict = "meets" if rates[name] >= 0.5 * baseline else "misses"
+                print(
+                    f"  {name} / GET /healthz: {rates[name] / baseline:.2f}x "
+                    f"(target >= 0.5x: {verdict})"
+                )
     finally:
         # The queued tasks and buffered ids of this run, from a Redis that outlives it.
         client = redis.Redis.from_url(redis_url)
