@@ -11,7 +11,13 @@ each figure next to its target:
   429s at most 2 % of calls, and the sandbox never admitted more than 10 in any
   window (two workers and two schedulers share the limiter);
 * autobatch: N auto-batched records (default 20,000) against 20 calls per 10 s
-  sustain at least 95 % of the limit over the full windows of the run;
+  sustain at least 95 % of the limit: the backlog is built first (the installation
+  is paused while the records are accepted and flushed, then resumed), so the figure
+  is the limiter's, not the intake's. Sustained = the calls beyond the first
+  window's 20, over the time their slots took: 10 s / the mean gap between a call
+  and the 20th before it (sandbox's `mean_slot_reuse_s`), so a perfect limiter scores
+  100 % whether its calls come in bursts or evenly (mean calls per 10 s window
+  flatters bursts; calls over first-to-last-call-plus-a-window penalises even ones);
 * fairness: installation A (another account) with a backlog of N asynchronous
   single-record writes (default 20,000) against its limit, and installation B
   sending one write a second: B's p99 accept-to-done stays within 2x of B alone,
@@ -184,26 +190,44 @@ def autobatch(sys_: System, n: int) -> bool:
     token = f"auto-{uuid.uuid4().hex[:6]}"
     sys_.limit(provider="hubspot", token=token, max=20, interval_ms=10_000)
     tenant = create_tenant(sys_.settings, sys_.api_url, sys_.sandbox_url, token=token)
+    # The backlog first: with intake about as fast as the limit drains it (100 records
+    # a call, 2 calls a second), a run that sends while it drains measures the intake.
+    set_paused(tenant, True)
     started = time.monotonic()
     ids = send_many(tenant, n, auto_batch=True)
     accepted_s = time.monotonic() - started
+    wait_flushed(sys_.settings, ids, timeout_s=600)
+    set_paused(tenant, False)
+    resumed = time.monotonic()
     wait_done(sys_.settings, ids, timeout_s=3600)
-    took_s = time.monotonic() - started
+    took_s = time.monotonic() - resumed
     bucket = _bucket(sys_, token)
+    calls, span_s, reuse_s = (
+        bucket["admitted"],
+        bucket["admitted_span_s"],
+        bucket["mean_slot_reuse_s"],
+    )
+    share = 10 / reuse_s if reuse_s else 0.0
+    # Also what 20 per 10 s allows from the first call to the end of the last one's window.
+    allowed = 20 * (span_s + 10) / 10
     windows = bucket["admitted_per_window"]
     full = windows[:-1] if len(windows) > 1 else windows
-    share = sum(full) / (20 * len(full)) if full else 0.0
     refused = sum(bucket["refused"].values())
     states = count_states(sys_.settings, ids)
-    ok = share >= 0.95 and states == {"succeeded": n}
+    sizes = batch_sizes(sys_.settings, ids)
+    most = bucket["max_admitted_in_any_window"]
+    ok = share >= 0.95 and most <= 20 and states == {"succeeded": n}
     print(f"\nautobatch: {n:,} auto-batched records, limit 20 calls per 10 s")
     print(f"  {'figure':<38}{'measured':>12}{'target':>14}")
-    print(f"  {'calls per full 10 s window (mean)':<38}{share * 20:>12.2f}{'>= 19.0':>14}")
-    print(f"  {'share of the limit used':<38}{share:>12.1%}{'>= 95 %':>14}")
-    print(f"  {'full windows':<38}{len(full):>12}")
-    print(f"  {'most admitted in any window':<38}{bucket['max_admitted_in_any_window']:>12}")
+    reuse = "-" if reuse_s is None else f"{reuse_s:.2f}"
+    print(f"  {'mean slot reuse (s)':<38}{reuse:>12}{'10.00 at best':>14}")
+    print(f"  {'share of the limit sustained':<38}{share:>12.1%}{'>= 95 %':>14}")
+    print(f"  {'calls / allowed first call + 10 s':<38}{f'{calls}/{allowed:.0f}':>12}")
+    print(f"  {'calls per full 10 s window':<38}{' '.join(map(str, full)):>12}")
+    print(f"  {'most admitted in any 10 s window':<38}{most:>12}{'<= 20':>14}")
     print(f"  {'429 answers':<38}{refused:>12}")
-    print(f"  {'accepted after / all done after (s)':<38}{f'{accepted_s:.0f}/{took_s:.0f}':>12}")
+    print(f"  {'batches (records: count)':<38}{_fmt(sizes):>12}")
+    print(f"  {'accepted after / done after resume (s)':<38}{f'{accepted_s:.0f}/{took_s:.0f}':>12}")
     print(f"  {'states':<38}{_fmt(states):>12}")
     print(f"  {'PASS' if ok else 'FAIL'}")
     return ok
@@ -295,6 +319,48 @@ def trickle(settings: Settings, tenant: Tenant, seconds: int) -> tuple[float, fl
         engine.dispose()
     lags = sorted((as_utc(done) - as_utc(made)).total_seconds() for made, done in rows)
     return lags[len(lags) // 2], lags[min(len(lags) - 1, math.ceil(len(lags) * 0.99) - 1)]
+
+
+def set_paused(tenant: Tenant, paused: bool) -> None:
+    path = (
+        f"/v1/projects/{tenant.project_id}/integrations/{tenant.integration_id}"
+        f"/installations/{tenant.installation_id}:{'pause' if paused else 'resume'}"
+    )
+    with tenant.client() as client:
+        client.post(path).raise_for_status()
+
+
+def wait_flushed(settings: Settings, ids: list[str], *, timeout_s: float) -> None:
+    """Until every operation is in a flushed batch."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if sum(int(size) * n for size, n in batch_sizes(settings, ids).items()) == len(ids):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"not all flushed after {timeout_s} s")
+
+
+def batch_sizes(settings: Settings, ids: list[str]) -> dict[str, int]:
+    """How many batches hold how many of `ids` (records per batch -> batches)."""
+    engine = create_store_engine(settings)
+    per_batch: dict[str, int] = {}
+    try:
+        with create_session_factory(engine)() as session:
+            for start in range(0, len(ids), 5000):
+                statement = (
+                    select(Operation.batch_id, func.count())
+                    .where(Operation.id.in_(ids[start : start + 5000]))
+                    .where(Operation.batch_id.is_not(None))
+                    .group_by(Operation.batch_id)
+                )
+                for batch_id, n in session.execute(statement):
+                    per_batch[batch_id] = per_batch.get(batch_id, 0) + n
+    finally:
+        engine.dispose()
+    sizes: dict[str, int] = {}
+    for n in per_batch.values():
+        sizes[str(n)] = sizes.get(str(n), 0) + 1
+    return sizes
 
 
 def wait_done(settings: Settings, ids: list[str], *, timeout_s: float) -> None:

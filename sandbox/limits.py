@@ -22,7 +22,9 @@ A refused call counts against nothing. `day_ms` shortens a day so tests can end
 one; `daily_used` starts the day part spent. `GET /_sandbox/limits/stats` tells,
 per provider and token (named by a hash, never the token), how many calls were
 admitted and refused, and the most admitted in any window of `interval_ms`, so a
-benchmark can check that a client never got more than the limit through.
+benchmark can check that a client never got more than the limit through; and how
+soon a window's slot was used again (`mean_slot_reuse_s`), so it can tell how much
+of the limit a backlog sustained.
 """
 
 from __future__ import annotations
@@ -193,6 +195,8 @@ class Bucket:
             "in_flight": self.in_flight,
             "max_admitted_in_any_window": _most_in_any_window(times, interval_s),
             "admitted_per_window": _per_window(times, interval_s),
+            "admitted_span_s": times[-1] - times[0] if times else 0.0,
+            "mean_slot_reuse_s": _mean_slot_reuse(times, config.max),
         }
 
 
@@ -204,6 +208,16 @@ def _most_in_any_window(times: list[float], interval_s: float) -> int:
             start += 1
         most = max(most, end - start + 1)
     return most
+
+
+def _mean_slot_reuse(times: list[float], limit: int | None) -> float | None:
+    """The mean time between an admission and the one `limit` before it: how soon a
+    window's slot was used again (the interval itself at best); None without a limit
+    or with fewer admissions."""
+    if limit is None or len(times) <= limit:
+        return None
+    gaps = [times[i] - times[i - limit] for i in range(limit, len(times))]
+    return sum(gaps) / len(gaps)
 
 
 def _per_window(times: list[float], interval_s: float) -> list[int]:

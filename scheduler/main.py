@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 
 def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> None:
-    """Tick every `scheduler_interval_s` until `stop` is set (or SIGTERM/SIGINT)."""
+    """Tick every `scheduler_interval_s`, or sooner when work falls due (see
+    `Scheduler.pause_s`), until `stop` is set (or SIGTERM/SIGINT)."""
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
 
@@ -36,8 +37,10 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
     scheduler = Scheduler(settings, wire(settings))
     log.info("scheduler started (interval %.2fs)", settings.scheduler_interval_s)
     while not stop.is_set():
+        pause_s = settings.scheduler_interval_s
         try:
             report = scheduler.tick(utcnow())
+            pause_s = scheduler.pause_s(report, utcnow())
             for claim in report.batches.flushed:
                 log.info(
                     "flushed batch %s: %d records (%s)",
@@ -48,5 +51,5 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
         except Exception:
             # Redis or the database is away for a moment: log and tick again.
             log.exception("scheduler tick failed")
-        stop.wait(settings.scheduler_interval_s)
+        stop.wait(pause_s)
     log.info("scheduler stopped")

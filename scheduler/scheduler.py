@@ -16,6 +16,10 @@ from writejobs.settings import Settings
 
 # The sweeps read SQL; running them every tick would load the store for nothing.
 SWEEP_EVERY_S = 1.0
+# The shortest wait between passes, so that many accounts freeing slots at staggered
+# moments cost at most 20 passes a second (each pass reads SQL), and work due "now"
+# never spins.
+MIN_PAUSE_S = 0.05
 
 
 @dataclass(slots=True)
@@ -31,6 +35,9 @@ class SchedulerReport:
     # This scheduler took the minute's snapshot for the console's charts.
     history_recorded: bool = False
     webhooks_sent: list[int] = field(default_factory=list)
+    # The soonest known moment a pass has work (a retry wait due, an installation's
+    # rate limit freeing room for ready work), epoch s; None: not known.
+    next_due_at: float | None = None
 
 
 class Scheduler:
@@ -80,4 +87,15 @@ class Scheduler:
             )
             report.keys_purged = purge_expired(self.wiring.deps.sessions, now=now)
         report.history_recorded = self._history.tick(now)
+        due = [self.wiring.admission.next_room_at, self.wiring.retries.next_due_at()]
+        report.next_due_at = min((d for d in due if d is not None), default=None)
         return report
+
+    def pause_s(self, report: SchedulerReport, now: datetime) -> float:
+        """How long to wait before the next pass: the interval, or less when a retry or
+        a rate limit's room falls due sooner (a slot freed mid-interval would otherwise
+        stay unused for up to an interval, on every reuse of it)."""
+        interval_s = self.settings.scheduler_interval_s
+        if report.next_due_at is None:
+            return interval_s
+        return min(interval_s, max(report.next_due_at - now.timestamp(), MIN_PAUSE_S))

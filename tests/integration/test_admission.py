@@ -222,3 +222,23 @@ def test_admission_follows_the_limiters_window_call_by_call(fleet: Fleet) -> Non
     assert fleet.admission.admit(T0 + timedelta(seconds=10.3)) == ["op:a-3"]
     assert fleet.admission.admit(T0 + timedelta(seconds=10.9)) == []
     assert fleet.admission.admit(T0 + timedelta(seconds=11.3)) == ["op:a-4"]
+
+
+def test_a_pass_that_admits_nothing_says_when_room_frees(fleet: Fleet) -> None:
+    # Given an installation allowed 2 calls per 10 s whose calls went at 0 and at 3
+    project = fleet.project()
+    a = fleet.installation(project, {"max": 2, "interval_ms": 10_000})
+    account = Account("hubspot", a.installation_id, RateLimit(2, 10.0))
+    assert fleet.limiter.acquire(account, T0) == 0.0
+    assert fleet.limiter.acquire(account, T0 + timedelta(seconds=3)) == 0.0
+    fleet.now[0] = T0 + timedelta(seconds=4)
+    assert fleet.submit(a, 1, "a") == ["queued"]
+
+    # When a scheduler pass finds no room
+    assert fleet.admission.admit(T0 + timedelta(seconds=5)) == []
+
+    # Then it says when the call at 0 leaves the window (with the limiter's slack)
+    assert fleet.admission.next_room_at == pytest.approx(T0.timestamp() + 10.2, abs=0.01)
+    # and once room is there the work goes, with nothing left to wait for
+    assert fleet.admission.admit(T0 + timedelta(seconds=10.3)) == ["op:a-0"]
+    assert fleet.admission.next_room_at is None

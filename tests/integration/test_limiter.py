@@ -334,3 +334,53 @@ def test_an_attempt_of_several_calls_takes_a_slot_for_each(client: redis.Redis, 
     # More calls than a window holds take a whole window, once it is free.
     assert limiter.acquire(OPUS, at(11), calls=25) == 0.0
     assert limiter.acquire(OPUS, at(11), calls=1) > 0
+
+
+def test_a_429_with_retry_after_pauses_that_long_not_a_whole_window(
+    client: redis.Redis, keys: Keys
+) -> None:
+    # Given a HubSpot account whose 429 says no call remains and to come back in 2 s
+    limiter = limiter_for(client, keys)
+    refusal = RateLimitObservation(
+        max=10, remaining=0, interval_s=10.0, policy="rolling", retry_after_s=2.0
+    )
+
+    limiter.learn(HUBSPOT, refusal, at(0))
+
+    # Then it waits the Retry-After, and its window is not filled for 10 s
+    assert limiter.acquire(HUBSPOT, at(1)) == pytest.approx(1.0, abs=0.01)
+    assert grants(limiter, HUBSPOT, at(2.01), 10) == 10
+
+
+def test_a_sent_call_holds_its_slot_from_when_it_left(client: redis.Redis, keys: Keys) -> None:
+    # Given one call per 10 s, admitted at 0 and sent only at 3 (the attempt's SQL between)
+    limiter = limiter_for(client, keys, defaults={"hubspot": RateLimit(1, 10.0)})
+    assert limiter.acquire(HUBSPOT, at(0)) == 0.0
+
+    limiter.sent(HUBSPOT, at(3))
+
+    # Then its slot frees 10 s after it left, not after it was admitted
+    assert limiter.acquire(HUBSPOT, at(10.5)) == pytest.approx(2.5, abs=0.01)
+    assert limiter.acquire(HUBSPOT, at(13.01)) == 0.0
+
+
+def test_a_call_sent_without_an_admitted_slot_takes_none(client: redis.Redis, keys: Keys) -> None:
+    limiter = limiter_for(client, keys, defaults={"hubspot": RateLimit(1, 10.0)})
+
+    limiter.sent(HUBSPOT, at(0))
+
+    assert limiter.acquire(HUBSPOT, at(0)) == 0.0
+
+
+def test_a_call_the_window_still_counts_with_its_slack_is_no_drift(
+    client: redis.Redis, keys: Keys
+) -> None:
+    # Given one call per 10 s and 0.2 s of slack, a call at 0 the window counts until 10.2
+    limiter = RedisRateLimiter(client, keys, defaults={"hubspot": RateLimit(1, 10.0)})
+    assert limiter.acquire(HUBSPOT, at(0)) == 0.0
+
+    # When an answer heard at 10.1 says the provider still counts one call (that one)
+    limiter.learn(HUBSPOT, RateLimitObservation(max=1, remaining=0, interval_s=10.0), at(10.1))
+
+    # Then no call is added: the slot frees at 10.2, not a window after the answer
+    assert limiter.acquire(HUBSPOT, at(10.25)) == 0.0

@@ -208,3 +208,14 @@ def test_the_response_hook_hands_on_a_429s_policy_read_from_its_body() -> None:
     assert response.json()["policyName"] == "DAILY"  # the body is still the caller's
     assert [o.policy for o in heard] == ["daily"]
     assert heard[0].daily_max == 625000
+
+
+def test_a_hubspot_ten_secondly_429_keeps_a_retry_after_it_carries() -> None:
+    headers = HUBSPOT_HEADERS | {"X-HubSpot-RateLimit-Remaining": "0", "Retry-After": "2"}
+    body = hubspot_429("TEN_SECONDLY_ROLLING", "You have reached your ten_secondly_rolling limit.")
+
+    observation = hubspot.read_rate_limit(answer(429, headers, body), NOW)
+
+    assert observation is not None
+    assert (observation.policy, observation.remaining) == ("rolling", 0)
+    assert observation.retry_after_s == 2.0  # the limiter pauses this long, not a window

@@ -118,6 +118,9 @@ class Admission:
         self._submit = client.register_script(SUBMIT_SCRIPT)
         self._next = client.register_script(NEXT_SCRIPT)
         self._known: dict[str, _Known] = {}
+        # What the last `admit` pass learned: when the soonest installation left
+        # waiting gets room (epoch s), or None when that is not known.
+        self.next_room_at: float | None = None
 
     # -- submitting ---------------------------------------------------------------------
 
@@ -180,10 +183,12 @@ class Admission:
     # -- admitting ----------------------------------------------------------------------
 
     def admit(self, now: datetime) -> list[str]:
-        """One pass: move ready work into Celery in rotation; the members sent."""
+        """One pass: move ready work into Celery in rotation; the members sent.
+
+        Sets `next_room_at`, so a scheduler can come back when room frees."""
         sent: list[str] = []
         while True:
-            members = self._next(
+            members, next_room = self._next(
                 keys=[self._projects, self.celery_queue],
                 args=[
                     self.keys.namespace,
@@ -199,6 +204,7 @@ class Admission:
                 self._send[kind](target_id)
                 sent.append(member)
             if len(members) < ADMIT_CHUNK:
+                self.next_room_at = float(_text(next_room)) if _text(next_room) else None
                 return sent
 
     def arrived(self, kind: str, target_id: str, installation_id: str) -> None:

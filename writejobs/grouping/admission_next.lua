@@ -5,10 +5,15 @@
 -- KEYS[1] the ring of projects with ready work, KEYS[2] the Celery queue's list.
 -- ARGV: namespace, now (epoch s), most tasks waiting in the Celery queue, slack_s,
 -- most tasks to admit in this call.
--- Returns the admitted members, in order.
+-- Returns {the admitted members in order, when room next frees ('' : not known)}: the
+-- soonest any installation left waiting gets room, known only when the pass ended
+-- because none had room (not because the Celery queue is full), so a scheduler may
+-- come back then rather than a whole interval later.
 local ns, now, slack = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])
 local room_left = math.min(tonumber(ARGV[3]) - redis.call('LLEN', KEYS[2]), tonumber(ARGV[5]))
 local admitted = {}
+local soonest = nil
+local known = true
 
 local function turn(project)
   -- One turn of a project: its next installation that has room gives one task.
@@ -20,7 +25,11 @@ local function turn(project)
     if redis.call('ZCARD', ready) == 0 then
       redis.call('LREM', ring, 0, inst)
     else
-      local room, span = admission_room(ns .. ':adm:meta:' .. inst, ns .. ':adm:w:' .. inst, now, slack)
+      local room, span, free_at = admission_room(ns .. ':adm:meta:' .. inst, ns .. ':adm:w:' .. inst, now, slack)
+      if not room then
+        if free_at == nil then known = false
+        elseif soonest == nil or free_at < soonest then soonest = free_at end
+      end
       if room then
         local member = redis.call('ZPOPMIN', ready)[1]
         admission_take(ns .. ':adm:w:' .. inst, now, member, span)
@@ -33,8 +42,10 @@ local function turn(project)
   return false
 end
 
+local full = room_left <= 0
 while room_left > 0 do
   local progressed = false
+  soonest, known = nil, true
   for _ = 1, redis.call('LLEN', KEYS[1]) do
     if room_left <= 0 then break end
     local project = redis.call('RPOPLPUSH', KEYS[1], KEYS[1])
@@ -48,5 +59,7 @@ while room_left > 0 do
     end
   end
   if not progressed then break end
+  full = room_left <= 0
 end
-return admitted
+if full or not known or soonest == nil then return {admitted, ''} end
+return {admitted, tostring(soonest)}

@@ -13,8 +13,9 @@ the provider says (`learn`, `rate_learn.lua`):
 - `-Remaining` corrects drift: when the provider counts more calls in its window
   than we admitted (another client of the account, an answer we never saw), the
   difference is counted as made now; `remaining=0` fills the window until it ends;
-- a rolling refusal (HubSpot's `TEN_SECONDLY_ROLLING`) fills the window, or waits
-  its `Retry-After` (Opus);
+- a rolling refusal (HubSpot's `TEN_SECONDLY_ROLLING`) fills the window; one that
+  says `Retry-After` (Opus, any provider's 429 that has one) pauses the account that
+  long instead, whatever `-Remaining` said: the provider named the time;
 - a spent day (HubSpot's `DAILY`, Salesforce's `TotalRequests`, or a day reported
   with nothing left) pauses the account until the day frees: the provider does not
   say when (HubSpot resets at midnight in the account's time zone, Salesforce's day
@@ -22,6 +23,11 @@ the provider says (`learn`, `rate_learn.lua`):
 - when more than `daily_share` (0.9) of the day is used, calls are spaced so that
   what is left lasts a day (`day_s`); the spacing is recomputed on every answer;
 - Salesforce's `ConcurrentRequests` pauses the account briefly.
+
+A slot is taken when the call is admitted and moved to when the call leaves for the
+provider (`sent`, `rate_sent.lua`, from the HTTP client's request hook): the provider
+counts a call from its arrival, and what runs in between (the attempt's SQL, a busy
+host) must not let the next call take the slot that much early.
 
 An installation's configured limit replaces the default and stays as a second
 window the provider's headers cannot raise. The limiter is advice: when Redis
@@ -83,6 +89,7 @@ def _lua(name: str) -> str:
 
 ACQUIRE_SCRIPT = _lua("rate_acquire")
 LEARN_SCRIPT = _lua("rate_learn")
+SENT_SCRIPT = _lua("rate_sent")
 
 
 class RedisRateLimiter:
@@ -118,6 +125,7 @@ class RedisRateLimiter:
         self._redis = client
         self._acquire = client.register_script(ACQUIRE_SCRIPT)
         self._learn = client.register_script(LEARN_SCRIPT)
+        self._sent = client.register_script(SENT_SCRIPT)
 
     def limit_for(self, account: Account) -> RateLimit:
         """The window an account starts with: its configured limit, or its kind's default."""
@@ -167,6 +175,18 @@ class RedisRateLimiter:
         """0.0: the calls may go now (their slots are taken); otherwise seconds to wait."""
         return self.try_acquire(account, now, calls)[1]
 
+    def sent(self, account: Account, now: datetime) -> None:
+        """A call of `account` leaves for the provider at `now`: one slot admitted for it
+        (by `try_acquire`, not yet sent) is moved to `now`; none: nothing changes."""
+        name = account_name(account)
+        try:
+            self._sent(
+                keys=[self.keys.rate_window(name), self.keys.rate_cap_window(name)],
+                args=[repr(now.timestamp())],
+            )
+        except redis.RedisError as exc:
+            log.warning("rate limit slot not moved (%s)", type(exc).__name__)
+
     def learn(self, account: Account, observation: RateLimitObservation, now: datetime) -> None:
         """Fold one provider answer into the account's limit (see the module docstring)."""
         at = now.timestamp()
@@ -183,7 +203,8 @@ class RedisRateLimiter:
             pause_s = observation.retry_after_s or self.concurrent_pause_s
         elif observation.policy == "rolling":
             if observation.retry_after_s is not None:
-                pause_s = observation.retry_after_s
+                # The provider said when to come back: that, not a whole window.
+                pause_s, used = observation.retry_after_s, ""
             else:
                 used = "full"
         if observation.refused:
@@ -207,6 +228,7 @@ class RedisRateLimiter:
                     self._daily_gap(observation),
                     ttl_s,
                     "p:" + uuid.uuid4().hex[:12],
+                    repr(self.slack_s),
                 ],
             )
         except redis.RedisError as exc:

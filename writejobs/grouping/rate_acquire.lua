@@ -6,6 +6,8 @@
 -- ARGV: now (epoch s), default max, default interval_s, configured max (0: none),
 -- configured interval_s, slack_s added to every window, a unique member for this
 -- attempt, its calls (at most a window's worth count), the account's name.
+-- A slot is taken marked admitted (`q:`); rate_sent.lua moves it to the time its call
+-- leaves for the provider.
 -- Returns {1, '0'} when admitted, else {0, seconds to wait} with nothing taken: calls
 -- are admitted only while the window before them holds at most max with them.
 local now = tonumber(ARGV[1])
@@ -30,7 +32,7 @@ end
 
 local function admit(key, max, window)
   for i = 1, math.min(calls, max) do
-    redis.call('ZADD', key, ARGV[1], ARGV[7] .. ':' .. i)
+    redis.call('ZADD', key, ARGV[1], 'q:' .. ARGV[7] .. ':' .. i)
   end
   redis.call('PEXPIRE', key, math.ceil(window * 1000) + 1000)
 end

@@ -3,13 +3,16 @@
 -- ARGV: now (epoch s), default max, default interval_s, learned max ('' : none),
 -- learned interval_s, calls the provider counts in its window ('' : unknown, 'full':
 -- as many as the limit), pause until (epoch s, '' : none), seconds between calls
--- ('' : leave, '0' : stop pacing), the hash's time to live (s), a unique prefix.
+-- ('' : leave, '0' : stop pacing), the hash's time to live (s), a unique prefix,
+-- slack_s added to every window.
 local now = tonumber(ARGV[1])
 if ARGV[4] ~= '' then
   redis.call('HSET', KEYS[1], 'max', ARGV[4], 'interval_s', ARGV[5])
 end
 local limit = tonumber(redis.call('HGET', KEYS[1], 'max')) or tonumber(ARGV[2])
-local span = tonumber(redis.call('HGET', KEYS[1], 'interval_s')) or tonumber(ARGV[3])
+-- The window as rate_acquire.lua counts it: a call it still counts is no drift.
+local span = (tonumber(redis.call('HGET', KEYS[1], 'interval_s')) or tonumber(ARGV[3]))
+  + tonumber(ARGV[11])
 
 if ARGV[6] ~= '' then
   -- The provider counts more calls than we admitted (other clients, lost answers):

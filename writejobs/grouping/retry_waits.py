@@ -35,6 +35,11 @@ class RetryQueue:
         assert kind in self._senders
         self.redis.zadd(self.key, {f"{kind}:{target_id}": at.timestamp()})
 
+    def next_due_at(self) -> float | None:
+        """When the earliest wait is due (epoch s), or None when nothing waits."""
+        first = self.redis.zrange(self.key, 0, 0, withscores=True)
+        return float(first[0][1]) if first else None
+
     def release_due(self, now: datetime, *, limit: int = 1000) -> list[str]:
         """Send every wait that is due; return the members this process sent."""
         sent: list[str] = []

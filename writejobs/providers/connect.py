@@ -12,7 +12,9 @@ token handed back to it. This module runs no SQL.
 
 With `on_rate_limit`, every answer an installation's client receives is read by
 its provider's `read_rate_limit` and what it said is handed to the callback with
-the installation's `Account` (the fleet's limiter learns from it).
+the installation's `Account` (the fleet's limiter learns from it). With
+`on_send`, every request is announced as it leaves (the limiter moves the call's
+slot to that moment).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 
 # on_rate_limit(account, observation): what an answer said of the account's limits.
 RateLimitListener = Callable[[Account, RateLimitObservation], None]
+# on_send(account): a call of the account leaves for the provider now.
+SendListener = Callable[[Account], None]
 
 
 class InstallationRef(Protocol):
@@ -75,10 +79,12 @@ class ProviderClients:
         vault: CredentialVault,
         *,
         on_rate_limit: RateLimitListener | None = None,
+        on_send: SendListener | None = None,
         clock: Clock = utcnow,
     ) -> None:
         self.vault = vault
         self._on_rate_limit = on_rate_limit
+        self._on_send = on_send
         self._clock = clock
         # (pid, installation id, base URL, timeout in seconds) -> the installation's client.
         self._clients: dict[tuple[int, str, str, float], httpx.Client] = {}
@@ -137,8 +143,25 @@ class ProviderClients:
             base_url=installation.base_url,
             auth=auth,
             timeout=timeout_s,
-            event_hooks={"response": self._response_hooks(installation)},
+            event_hooks={
+                "request": self._request_hooks(installation),
+                "response": self._response_hooks(installation),
+            },
         )
+
+    def _request_hooks(self, installation: InstallationRef) -> list[Callable[..., Any]]:
+        listener = self._on_send
+        if listener is None:
+            return []
+        account = Account(installation.provider, installation.id)
+
+        def leaving(_request: httpx.Request) -> None:
+            try:
+                listener(account)
+            except Exception:  # pacing is advice: it must never fail the write it paces
+                log.warning("installation %s: call not marked sent", account.key, exc_info=True)
+
+        return [leaving]
 
     def _response_hooks(self, installation: InstallationRef) -> list[Callable[..., Any]]:
         listener, read = self._on_rate_limit, rate_limit_reader(installation.provider)

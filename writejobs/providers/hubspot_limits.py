@@ -32,7 +32,8 @@ def read_rate_limit(response: httpx.Response, now: datetime) -> RateLimitObserva
     policyName}`: `policyName` `DAILY` is the day's cap (it resets at midnight in the
     account's time zone, which the answer does not say, so no reset hint), anything
     else (`TEN_SECONDLY_ROLLING`) the rolling window, which is free again at most one
-    interval later. HubSpot documents no `Retry-After`; one sent is kept.
+    interval later. HubSpot documents no `Retry-After`; one sent is kept (the limiter
+    then pauses for it, not for a whole window).
     """
     limit = header_int(response, MAX_HEADER)
     remaining = header_int(response, REMAINING_HEADER)

@@ -182,5 +182,10 @@ def _provider_clients(
         def learn(account: Account, observation: RateLimitObservation) -> None:
             limiter.learn(account, observation, clock())
 
-        _clients[key] = ProviderClients(StoredCredentials(settings), on_rate_limit=learn)
+        def sent(account: Account) -> None:
+            limiter.sent(account, clock())
+
+        _clients[key] = ProviderClients(
+            StoredCredentials(settings), on_rate_limit=learn, on_send=sent
+        )
     return _clients[key]
