@@ -49,7 +49,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -65,7 +65,7 @@ from e2e_systems import (  # noqa: E402
     Env,
     System,
     celery_system,
-    cpu_seconds,
+    cpu_by_piece,
     free_port,
     wait_http,
     writejobs_system,
@@ -121,6 +121,8 @@ class Result:
     p50_ms: float = float("nan")
     p99_ms: float = float("nan")
     cpu_ms: float = float("nan")
+    # CPU ms per record of each piece (api, worker, scheduler, …).
+    cpu_ms_by_piece: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -252,7 +254,8 @@ def measure(env: Env, system: System, args: argparse.Namespace, result: Result) 
         now_done = system.done_count()
         if now_done != done:
             done, last_change = now_done, time.monotonic()
-    cpu_used = cpu_seconds(system.processes) - cpu_start
+    cpu_now = cpu_by_piece(system.processes)
+    cpu_used = sum(cpu_now.values()) - sum(cpu_start.values())
 
     times = system.done_times()
     latencies = sorted(times[key] - at for key, at in accepted.items() if key in times)
@@ -266,6 +269,10 @@ def measure(env: Env, system: System, args: argparse.Namespace, result: Result) 
         result.p50_ms = statistics.median(latencies) * 1000
         result.p99_ms = latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000
         result.cpu_ms = cpu_used * 1000 / len(latencies)
+        result.cpu_ms_by_piece = {
+            name: (seconds - cpu_start.get(name, 0.0)) * 1000 / len(latencies)
+            for name, seconds in cpu_now.items()
+        }
     problems = []
     if errors:
         problems.append(f"{len(errors)} client thread(s) stopped: {errors[0]}")
@@ -275,7 +282,9 @@ def measure(env: Env, system: System, args: argparse.Namespace, result: Result) 
         result.error = "; ".join(problems)
 
 
-def submit_all(system: System, args: argparse.Namespace, tag: str) -> tuple[list[Submitted], float]:
+def submit_all(
+    system: System, args: argparse.Namespace, tag: str
+) -> tuple[list[Submitted], dict[str, float]]:
     """Every record submitted by the client processes; and the system's CPU at the start."""
     ctx = multiprocessing.get_context("spawn")
     threads = [list(range(t, args.records, args.clients)) for t in range(args.clients)]
@@ -290,7 +299,7 @@ def submit_all(system: System, args: argparse.Namespace, tag: str) -> tuple[list
             client.start()
         for _ in clients:
             ready.get(timeout=120)
-        cpu_start = cpu_seconds(system.processes)
+        cpu_start = cpu_by_piece(system.processes)
         go.set()
         collected: list[Submitted] = []
         while len(collected) < len(clients):
@@ -325,6 +334,10 @@ def print_table(results: list[tuple[str, Result]], n: int) -> None:
         )
         if r.error:
             print(f"{'':<4}! {r.error}")
+    print("\nCPU ms per record by process (children included)")
+    for _name, r in results:
+        pieces = ", ".join(f"{piece} {ms:.2f}" for piece, ms in sorted(r.cpu_ms_by_piece.items()))
+        print(f"  {r.label:<32} {pieces}")
     by_name = dict(results)
     print(f"\nratios of end-to-end records/s (targets printed, not asserted; N = {n:,})")
     checks = [

@@ -122,8 +122,14 @@ def wait_worker(broker_url: str, prefix: str, child: ChildProcess, timeout_s: fl
 
 def cpu_seconds(processes: list[ChildProcess]) -> float:
     """User + system CPU of every process under these roots, children included."""
-    total = 0.0
+    return sum(cpu_by_piece(processes).values())
+
+
+def cpu_by_piece(processes: list[ChildProcess]) -> dict[str, float]:
+    """`cpu_seconds` of each root process (api, worker, scheduler, …) by its name."""
+    pieces: dict[str, float] = {}
     for child in processes:
+        total = 0.0
         try:
             root = psutil.Process(child.process.pid)
             members = [root, *root.children(recursive=True)]
@@ -137,7 +143,8 @@ def cpu_seconds(processes: list[ChildProcess]) -> float:
             except psutil.NoSuchProcess:
                 continue
             total += times.user + times.system
-    return total
+        pieces[child.name] = pieces.get(child.name, 0.0) + total
+    return pieces
 
 
 def delete_keys(redis_url: str, patterns: list[str]) -> None:
