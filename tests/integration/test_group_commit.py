@@ -151,3 +151,17 @@ def test_coroutines_share_groups_and_each_returns_once_its_row_is_committed(
     assert count(settings, Operation, [row["id"] for row in rows], "id") == THREADS
     # All were waiting on one event loop, yet they did not commit one by one.
     assert committer.groups_committed - before < THREADS - 1
+
+
+def test_with_several_threads_every_write_is_committed_once(
+    settings: Settings, owner: Tenant
+) -> None:
+    engine = create_store_engine(settings)
+    committer = GroupCommitter(create_session_factory(engine), threads=3)
+    try:
+        rows = [operation(owner) for _ in range(THREADS)]
+        outcomes = run_concurrently([lambda row=row: committer.commit(row, []) for row in rows])
+        assert outcomes == [None] * THREADS
+        assert count(settings, Operation, [row["id"] for row in rows], "id") == THREADS
+    finally:
+        engine.dispose()

@@ -17,7 +17,10 @@ left to retry (see `execution.cancel`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
+from typing import Any, Protocol
 
 
 class State(StrEnum):
@@ -74,3 +77,67 @@ def outcome_state(success_count: int, failure_count: int) -> State:
     if success_count == 0:
         return State.FAILED
     return State.PARTIALLY_SUCCEEDED
+
+
+class Routed(Protocol):
+    """What handing an accepted operation on reads of it: a stored `Operation` row or
+    a just-accepted `NewOperation` (the intake's, before any ORM object exists)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def shape(self) -> str: ...
+    @property
+    def project_id(self) -> str: ...
+    @property
+    def installation_id(self) -> str: ...
+    @property
+    def object_name(self) -> str: ...
+    @property
+    def write_type(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def max_delay_s(self) -> float | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NewOperation:
+    """An operation the intake just accepted, as its INSERT's values (`row`): building
+    an ORM object per write cost more CPU than recording it."""
+
+    row: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.row["id"])
+
+    @property
+    def shape(self) -> str:
+        return str(self.row["shape"])
+
+    @property
+    def project_id(self) -> str:
+        return str(self.row["project_id"])
+
+    @property
+    def installation_id(self) -> str:
+        return str(self.row["installation_id"])
+
+    @property
+    def object_name(self) -> str:
+        return str(self.row["object_name"])
+
+    @property
+    def write_type(self) -> str:
+        return str(self.row["write_type"])
+
+    @property
+    def created_at(self) -> datetime:
+        created: datetime = self.row["created_at"]
+        return created
+
+    @property
+    def max_delay_s(self) -> float | None:
+        delay: float | None = self.row.get("max_delay_s")
+        return delay

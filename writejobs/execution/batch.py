@@ -8,13 +8,13 @@ own deadline, so none is tried past it); members out of time expire alone.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy.orm import Session
 
 from writejobs.core.contract import WriteRequest
+from writejobs.core.ids import new_id
 from writejobs.core.operations import State
 from writejobs.execution.crash import end_crashed, is_transient
 from writejobs.execution.deps import ExecutionDeps
@@ -159,7 +159,7 @@ def _write_members(
 
 
 def _wait_as_retry_batch(deps: ExecutionDeps, batch_id: str, waiting: dict[str, datetime]) -> None:
-    retry_batch_id = str(uuid.uuid4())
+    retry_batch_id = new_id()
     at = min(waiting.values())
     with deps.sessions() as session:
         operations_repo.reassign_batch(session, list(waiting), retry_batch_id, at)

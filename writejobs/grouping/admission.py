@@ -49,6 +49,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from writejobs.clock import Clock, utcnow
 from writejobs.core.flow import Account, RateLimit
+from writejobs.core.operations import Routed
 from writejobs.grouping.keys import Keys
 from writejobs.grouping.limiter import SLACK_S, RedisRateLimiter, account_name
 from writejobs.store.tables import Installation, Operation
@@ -124,7 +125,7 @@ class Admission:
 
     # -- submitting ---------------------------------------------------------------------
 
-    def submit_operation(self, op: Operation) -> str:
+    def submit_operation(self, op: Routed) -> str:
         """Submit an accepted operation's task (its route is on the row: no lookup)."""
         return self.submit("op", op.id, Route(op.project_id, op.installation_id))
 

@@ -15,7 +15,6 @@ and SQL `pending` rows that Redis lost are buffered again.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,6 +24,8 @@ import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from writejobs.clock import Clock, as_utc
+from writejobs.core.ids import new_id
+from writejobs.core.operations import Routed
 from writejobs.core.recorder import NoRecorder, Recorder
 from writejobs.failpoints import no_failpoint
 from writejobs.grouping.keys import BATCH_LIMIT, Keys, group_key
@@ -94,12 +95,12 @@ class AutoBatcher:
         self._claim_due = client.register_script(CLAIM_DUE_SCRIPT)
         self._is_buffered = client.register_script(IS_BUFFERED_SCRIPT)
 
-    def buffer(self, op: Operation) -> Claim | None:
+    def buffer(self, op: Routed) -> Claim | None:
         """Add an accepted pending operation to its group; flush at once if that fills it."""
         claims = self.buffer_many([op])
         return claims[0] if claims else None
 
-    def buffer_many(self, ops: Sequence[Operation]) -> list[Claim]:
+    def buffer_many(self, ops: Sequence[Routed]) -> list[Claim]:
         """`buffer` for many operations in one round trip to Redis (the intake hands off
         what one group commit recorded); then flush each group they filled."""
         now = self.clock().timestamp()
@@ -109,7 +110,7 @@ class AutoBatcher:
             assert op.max_delay_s is not None
             group = group_key(op.installation_id, op.object_name, op.write_type)
             due_at = as_utc(op.created_at).timestamp() + op.max_delay_s
-            batch_id = str(uuid.uuid4())
+            batch_id = new_id()
             self._append(
                 keys=[
                     self.keys.buffer(group),
@@ -138,7 +139,7 @@ class AutoBatcher:
         for raw_group in due_groups:
             group = _text(raw_group)
             while True:
-                batch_id = str(uuid.uuid4())
+                batch_id = new_id()
                 ids = self._claim_due(
                     keys=[
                         self.keys.buffer(group),

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import math
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -46,6 +45,7 @@ from importlib import resources
 import redis
 
 from writejobs.core.flow import Account, RateLimit, RateLimitObservation
+from writejobs.core.ids import new_id
 from writejobs.core.recorder import NoRecorder, Recorder
 from writejobs.grouping.keys import Keys
 
@@ -156,7 +156,7 @@ class RedisRateLimiter:
                     cap.max if cap else 0,
                     repr(cap.interval_s if cap else 0.0),
                     repr(self.slack_s),
-                    uuid.uuid4().hex,
+                    new_id(),
                     calls,
                     name,
                 ],
@@ -227,7 +227,7 @@ class RedisRateLimiter:
                     "" if pause_s is None else repr(at + pause_s),
                     self._daily_gap(observation),
                     ttl_s,
-                    "p:" + uuid.uuid4().hex[:12],
+                    "p:" + new_id()[:13],
                     repr(self.slack_s),
                 ],
             )

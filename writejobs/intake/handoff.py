@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from writejobs.core.operations import Routed
 from writejobs.errors import StoreUnavailable
 from writejobs.execution.deps import ExecutionDeps
 from writejobs.store import handoffs, operations_repo
-from writejobs.store.tables import Operation
 
 if TYPE_CHECKING:
     from writejobs.intake.write import Dispatch
@@ -54,7 +54,7 @@ def recording() -> Iterator[None]:
         ) from exc
 
 
-def hand_off(op: Operation, dispatch: Dispatch, deps: ExecutionDeps) -> None:
+def hand_off(op: Routed, dispatch: Dispatch, deps: ExecutionDeps) -> None:
     """Send a committed operation's task, or buffer it for auto-batching; never raises.
 
     On failure the operation is marked for the hand-off sweep, with a log line
@@ -64,7 +64,7 @@ def hand_off(op: Operation, dispatch: Dispatch, deps: ExecutionDeps) -> None:
     hand_off_many([op], dispatch, deps)
 
 
-def hand_off_many(ops: Sequence[Operation], dispatch: Dispatch, deps: ExecutionDeps) -> None:
+def hand_off_many(ops: Sequence[Routed], dispatch: Dispatch, deps: ExecutionDeps) -> None:
     """`hand_off` for many committed operations: the auto-batched ones are buffered in
     one round trip to Redis (`Dispatch.buffer_operations`), the others sent one by one."""
     buffered = [op for op in ops if op.shape == "auto_batch"]
@@ -82,7 +82,7 @@ def hand_off_many(ops: Sequence[Operation], dispatch: Dispatch, deps: ExecutionD
             _mark_failed([op], type(exc).__name__, deps)
 
 
-def _mark_failed(ops: Sequence[Operation], reason: str, deps: ExecutionDeps) -> None:
+def _mark_failed(ops: Sequence[Routed], reason: str, deps: ExecutionDeps) -> None:
     ids = [op.id for op in ops]
     for op_id in ids:
         log.warning("operation %s: could not hand off (%s); the sweep will send it", op_id, reason)
@@ -118,13 +118,13 @@ class HandOffs:
     def __init__(self, dispatch: Dispatch, deps: ExecutionDeps) -> None:
         self._dispatch = dispatch
         self._deps = deps
-        self._queue: queue.SimpleQueue[Operation] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Routed] = queue.SimpleQueue()
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._unfinished = 0
         self._finished = threading.Condition()
 
-    def put(self, op: Operation) -> None:
+    def put(self, op: Routed) -> None:
         """Hand `op` off soon, in this process's hand-off thread."""
         if self._thread is None:
             with self._start_lock:

@@ -8,7 +8,6 @@ client holds always names a real row.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,8 +16,9 @@ from typing import Any, Protocol
 from sqlalchemy.orm import Session
 
 from writejobs.core.contract import WriteRequest, check_target_names
+from writejobs.core.ids import new_id
 from writejobs.core.json_input import shown
-from writejobs.core.operations import State
+from writejobs.core.operations import NewOperation, Routed, State
 from writejobs.errors import (
     ContractError,
     InstallationPaused,
@@ -54,7 +54,7 @@ class WriteTarget:
 class Accepted:
     """What the API answers from: the operation, and for sync writes what happened."""
 
-    operation: Operation
+    operation: Routed
     outcome: BatchOutcome | None = None
     provider_error: ProviderError | None = None
 
@@ -83,14 +83,14 @@ class Dispatch:
     the group committer, Celery, Redis). Without a `record`, each write commits alone."""
 
     send_operation: Callable[[str], None]
-    buffer_operations: Callable[[Sequence[Operation]], object]
+    buffer_operations: Callable[[Sequence[Routed]], object]
     directory: TenantDirectory
     record: Recorder | None = None
     # submit(operation): hand an accepted operation to the fair-share admission, which
     # knows its route from the row (grouping/admission.py); unset, `send_operation`.
-    submit: Callable[[Operation], object] | None = None
+    submit: Callable[[Routed], object] | None = None
 
-    def send(self, op: Operation) -> None:
+    def send(self, op: Routed) -> None:
         """Hand an accepted asynchronous operation on towards a worker."""
         if self.submit is not None:
             self.submit(op)
@@ -124,7 +124,8 @@ def accept_write(
     Redis being down is no error here: a committed write is accepted and the
     hand-off sweep sends it later (see `writejobs.intake.handoff`).
     """
-    installation, op, accepted = _prepare(target, request, deps, dispatch, replay_of)
+    installation, row, accepted = _prepare(target, request, deps, dispatch, replay_of)
+    op = Operation(**row)
     if not request.is_async:
         # Before the row: a write the rate limit refuses (429) leaves nothing behind.
         admit_sync(deps, installation, op.record_count)
@@ -136,7 +137,7 @@ def accept_write(
     keys = [] if claim is None else [claim.row(op.id, op.created_at, accepted_answer(op.id))]
     with recording():
         if dispatch.record is not None:
-            dispatch.record(operations_repo.operation_row(op), [accepted], keys)
+            dispatch.record(row, [accepted], keys)
         else:
             with deps.sessions() as session:
                 _record_alone(session, op, accepted, keys)
@@ -162,9 +163,10 @@ async def accept_async_write(
     """
     if not request.is_async:
         raise ValueError("accept_async_write takes asynchronous writes only")
-    _installation, op, accepted = _prepare(target, request, deps, dispatch, None)
+    _installation, row, accepted = _prepare(target, request, deps, dispatch, None)
+    op = NewOperation(row)
     try:
-        await committer(operations_repo.operation_row(op), [accepted])
+        await committer(row, [accepted])
     except STORE_DOWN as exc:
         log.warning("the store could not record a write: %s", type(exc).__name__)
         raise StoreUnavailable(
@@ -180,9 +182,9 @@ def _prepare(
     deps: ExecutionDeps,
     dispatch: Dispatch,
     replay_of: str | None,
-) -> tuple[Installation, Operation, dict[str, Any]]:
-    """Route the write and check what the installation allows; the new operation and
-    its first log row, nothing recorded yet."""
+) -> tuple[Installation, dict[str, Any], dict[str, Any]]:
+    """Route the write and check what the installation allows; the new operation's
+    INSERT values and its first log row, nothing recorded yet."""
     with recording():
         installation = find_installation(target, request.group_ref, dispatch.directory)
     if not request.is_async and installation.paused_at is not None:
@@ -192,18 +194,20 @@ def _prepare(
         raise ContractError(
             f"deletion is not enabled for object {shown(target.object_name)} in this installation"
         )
-    op = _new_operation(target, request, installation, deps)
+    row = _new_operation(target, request, installation, deps)
     details: dict[str, Any] = {
         "mode": request.mode,
         "type": request.type,
-        "shape": op.shape,
-        "records": op.record_count,
+        "shape": row["shape"],
+        "records": row["record_count"],
     }
     if replay_of is not None:
-        op.replay_of = replay_of
+        row["replay_of"] = replay_of
         details["replay_of"] = replay_of
-    accepted = operations_repo.log_row(op.id, "write accepted", now=op.created_at, details=details)
-    return installation, op, accepted
+    accepted = operations_repo.log_row(
+        row["id"], "write accepted", now=row["created_at"], details=details
+    )
+    return installation, row, accepted
 
 
 def _record_alone(
@@ -264,7 +268,8 @@ def _new_operation(
     request: WriteRequest,
     installation: Installation,
     deps: ExecutionDeps,
-) -> Operation:
+) -> dict[str, Any]:
+    """The new operation's INSERT values."""
     now = deps.clock()
     scale = deps.settings.policy_time_scale
     shape = "batch" if request.batch is not None else "single"
@@ -290,7 +295,7 @@ def _new_operation(
     else:
         # A synchronous write runs at once, in this request, as its first attempt.
         state = State.RUNNING
-    return new_operation(
+    return new_operation_row(
         target,
         installation,
         now,
@@ -315,15 +320,27 @@ def new_operation(
 ) -> Operation:
     """A new operation routed to `installation`, with nothing done yet; `fields` say
     what kind of write it is (type, mode, shape, request, state, deadline, …)."""
-    nothing_done = {"attempts": 0, "backoff_failures": 0, "success_count": 0, "failure_count": 0}
-    return Operation(
-        id=str(uuid.uuid4()),
-        project_id=target.project.id,
-        integration_id=installation.integration_id,
-        installation_id=installation.id,
-        config_id=installation.config_id,
-        object_name=target.object_name,
-        created_at=now,
-        updated_at=now,
-        **(nothing_done | fields),
-    )
+    return Operation(**new_operation_row(target, installation, now, **fields))
+
+
+def new_operation_row(
+    target: WriteTarget, installation: Installation, now: datetime, **fields: Any
+) -> dict[str, Any]:
+    """`new_operation` as its INSERT's values, with no ORM object. Unset fields are
+    left out, so the columns' own defaults apply (a JSON column is SQL NULL, not null)."""
+    row: dict[str, Any] = {
+        "id": new_id(),
+        "project_id": target.project.id,
+        "integration_id": installation.integration_id,
+        "installation_id": installation.id,
+        "config_id": installation.config_id,
+        "object_name": target.object_name,
+        "created_at": now,
+        "updated_at": now,
+        "attempts": 0,
+        "backoff_failures": 0,
+        "success_count": 0,
+        "failure_count": 0,
+    }
+    row.update(fields)
+    return {key: value for key, value in row.items() if value is not None}

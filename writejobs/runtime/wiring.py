@@ -129,7 +129,7 @@ def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
         recorder=metrics,
     )
     directory = TenantDirectory(deps.sessions)
-    committer = GroupCommitter(deps.sessions)
+    committer = GroupCommitter(deps.sessions, threads=settings.effective_commit_threads)
     dispatch = Dispatch(
         send_operation,
         batcher.buffer_many,

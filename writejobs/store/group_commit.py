@@ -57,15 +57,23 @@ class _Ticket:
 class GroupCommitter:
     """Commits `(operation row, log rows)` writes for many threads, a group at a time.
 
-    The committer thread starts on first use, so a process that forks after
+    With `threads` > 1 (PostgreSQL), that many groups commit at once, each on its own
+    connection: the next group is written while the last one waits for its commit,
+    so a write waits for about one commit, not for the one ahead of it and then its
+    own. SQLite takes one writer at a time, so it keeps one thread.
+    The committer threads start on first use, so a process that forks after
     building one (a Celery prefork worker) never copies a running thread.
     """
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], *, threads: int = 1) -> None:
+        if threads < 1:
+            raise ValueError(f"a group committer has at least one thread, not {threads}")
         self._sessions = sessions
+        self._threads = threads
         self._queue: queue.SimpleQueue[_Ticket] = queue.SimpleQueue()
         self._start_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._started = False
+        self._count_lock = threading.Lock()
         self.groups_committed = 0
 
     def commit(
@@ -105,12 +113,14 @@ class GroupCommitter:
         await committed
 
     def _ensure_started(self) -> None:
-        if self._thread is not None:
+        if self._started:
             return
         with self._start_lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
-                self._thread.start()
+            if not self._started:
+                for i in range(self._threads):
+                    name = f"group-commit-{i}"
+                    threading.Thread(target=self._run, name=name, daemon=True).start()
+                self._started = True
 
     def _run(self) -> None:
         while True:
@@ -138,7 +148,8 @@ class GroupCommitter:
                     continue
                 ticket.finish()
             return
-        self.groups_committed += 1
+        with self._count_lock:
+            self.groups_committed += 1
         for ticket in group:
             ticket.finish()
 

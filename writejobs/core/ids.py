@@ -1,0 +1,40 @@
+"""Random (version 4) UUIDs for the hot paths, from the OS's CSPRNG read in bulk.
+
+`uuid.uuid4()` reads 16 bytes with one `getrandom` call, and CPython releases the
+GIL around it: on the API's event loop thread that hands the GIL to the group
+commit or hand-off thread, and the loop waits for it back (up to the switch
+interval) once per id. Reading 4 KiB at a time keeps the same randomness (the same
+`os.urandom`) with one call per 256 ids. A forked child drops its parent's unread
+bytes, so two processes never hand out the same id.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+
+_CHUNK_BYTES = 4096
+_lock = threading.Lock()
+_pool = b""
+_offset = 0
+
+
+def new_id() -> str:
+    """A new random UUID, as text (`str(uuid.uuid4())`'s form)."""
+    global _pool, _offset
+    with _lock:
+        if _offset + 16 > len(_pool):
+            _pool, _offset = os.urandom(_CHUNK_BYTES), 0
+        raw = _pool[_offset : _offset + 16]
+        _offset += 16
+    return str(uuid.UUID(bytes=raw, version=4))
+
+
+def _forget_parent() -> None:
+    global _pool, _offset, _lock
+    _lock = threading.Lock()
+    _pool, _offset = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_parent)
