@@ -50,7 +50,10 @@ class _Ticket:
     def finish(self, error: BaseException | None = None) -> None:
         self.error = error
         if self.then is not None:
-            self.then(error)
+            try:
+                self.then(error)
+            except RuntimeError:  # its event loop is closed (shutdown): nobody waits for it
+                log.debug("a committed write's event loop is gone")
         self.done.set()
 
 
