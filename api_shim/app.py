@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
+from starlette.concurrency import run_in_threadpool
 
 from api_shim import (
     routes_bulk,
@@ -22,17 +26,28 @@ from writejobs.grouping.quota import IntakeQuota
 from writejobs.runtime.wiring import Wiring, wire
 from writejobs.settings import Settings, load_settings
 
+# How long a stopping API waits for its last hand-offs (the sweeps take what is left).
+SHUTDOWN_HAND_OFF_S = 5.0
+
 
 def create_app(settings: Settings | None = None, *, wiring: Wiring | None = None) -> FastAPI:
     """The write and operations API over the given settings (or the environment)."""
     settings = settings or load_settings()
     wiring = wiring or wire(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # Writes answered but not yet handed to Redis go now, not at the sweeps' next look.
+        await run_in_threadpool(wiring.hand_offs.wait_idle, SHUTDOWN_HAND_OFF_S)
+
     # /docs with Swagger UI served from the package, not a CDN: installations without
     # internet access (and the browser tests) see the API's docs too.
     app = FastAPIOffline(
         title="writejobs",
         summary="Asynchronous write jobs to your customers' SaaS apps.",
         version="0.1.0",
+        lifespan=lifespan,
     )
     app.state.writejobs = AppState(
         deps=wiring.deps,
