@@ -8,10 +8,12 @@ paths share one truth about outcomes (see `writejobs.execution.settle`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from writejobs.core.contract import WriteRequest
@@ -29,7 +31,7 @@ from writejobs.providers.base import (
     WriteOptions,
     WriteType,
 )
-from writejobs.store import operations_repo, tenants_repo
+from writejobs.store import operations_repo
 from writejobs.store.tables import Installation, Operation
 
 log = logging.getLogger(__name__)
@@ -96,24 +98,28 @@ def request_items(request: WriteRequest) -> list[WriteItem]:
     return [WriteItem(request.record, list(request.associations))]
 
 
-def start_attempt(session: Session, op: Operation, deps: ExecutionDeps, now: datetime) -> bool:
-    """Take the operation for one attempt (compare-and-set into `running`)."""
-    moved = operations_repo.transition(
-        session,
-        op.id,
-        State.RUNNING,
-        now=now,
-        lease_s=deps.settings.running_lease_s,
-        attempts=op.attempts + 1,
-        last_attempt_at=now,
-        waiting_reason=None,
-        waiting_since=None,
+def start_attempt(
+    session: Session,
+    op: Operation,
+    deps: ExecutionDeps,
+    now: datetime,
+    *,
+    started: Callable[[Operation], dict[str, Any]] | None = None,
+) -> bool:
+    """Take the operation for one attempt (compare-and-set into `running`), committed.
+
+    `op` is refreshed from the same statement. With `started`, its "attempt started"
+    log line (details from the taken row) commits with the move: one transaction.
+    """
+    taken = operations_repo.take_operation(
+        session, op.id, now=now, lease_s=deps.settings.running_lease_s
     )
+    if taken is not None and started is not None:
+        operations_repo.add_log(session, op.id, "attempt started", now=now, details=started(op))
     session.commit()
-    if moved:
-        session.refresh(op)
+    if taken is not None:
         log.info("operation %s: attempt %d started", op.id, op.attempts)
-    return moved
+    return taken is not None
 
 
 def run_operation(operation_id: str, deps: ExecutionDeps) -> State | None:
@@ -130,26 +136,38 @@ def run_operation(operation_id: str, deps: ExecutionDeps) -> State | None:
     (see `execution.crash`).
     """
     with deps.sessions() as session:
-        op = operations_repo.get_operation(session, operation_id)
-        if op is None:
+        found = operations_repo.get_with_installation(session, operation_id)
+        if found is None:
             log.warning("operation %s: not found", operation_id)
             return None
+        op, installation = found
         if op.mode == "synchronous":
             log.warning("operation %s: synchronous, never run by a worker", operation_id)
             return None
         # Running under a lapsed lease: a previous attempt may have reached the provider.
         taken_over = op.state == State.RUNNING.value
         if not taken_over and op.state in WAITING:
-            installation = tenants_repo.get_installation(session, op.installation_id)
-            assert installation is not None
             if not admit_operation(session, op, installation, deps):
                 return None
-        if not start_attempt(session, op, deps, deps.clock()):
+        bulk = op.shape == "bulk"
+        try:
+            request = None if bulk else WriteRequest.model_validate(op.request)
+        except ValidationError as exc:  # accepted once, so a bug: never retried
+            if start_attempt(session, op, deps, deps.clock()):
+                raise end_crashed(session, [op.id], exc, now=deps.clock()) from None
+            return None
+
+        def started(taken: Operation) -> dict[str, Any]:
+            assert request is not None
+            records = len(indices_to_try(taken, all_or_none=request.all_or_none))
+            return {"attempt": taken.attempts, "records": records}
+
+        if not start_attempt(session, op, deps, deps.clock(), started=None if bulk else started):
             return None
         try:
-            if op.shape == "bulk":
+            if request is None:
                 return run_bulk_attempt(session, op, deps)
-            return _run_records(session, op, deps, taken_over=taken_over)
+            return _run_records(session, op, installation, request, deps, taken_over=taken_over)
         except Exception as exc:
             if is_transient(exc):
                 raise
@@ -157,22 +175,18 @@ def run_operation(operation_id: str, deps: ExecutionDeps) -> State | None:
 
 
 def _run_records(
-    session: Session, op: Operation, deps: ExecutionDeps, *, taken_over: bool
+    session: Session,
+    op: Operation,
+    installation: Installation,
+    request: WriteRequest,
+    deps: ExecutionDeps,
+    *,
+    taken_over: bool,
 ) -> State:
-    """One attempt of a single-record or explicit-batch write that is now `running`."""
-    request = WriteRequest.model_validate(op.request)
+    """One attempt of a single-record or explicit-batch write that is now `running`
+    (its "attempt started" line committed with the move)."""
     indices = indices_to_try(op, all_or_none=request.all_or_none)
     all_items = request_items(request)
-    operations_repo.add_log(
-        session,
-        op.id,
-        "attempt started",
-        now=deps.clock(),
-        details={"attempt": op.attempts, "records": len(indices)},
-    )
-    session.commit()
-    installation = tenants_repo.get_installation(session, op.installation_id)
-    assert installation is not None
     if taken_over:
         note_takeover(
             session,
@@ -194,8 +208,10 @@ def _run_records(
     )
     deps.failpoint("operation.after_provider_call")
     now = deps.clock()
-    attempt = claim_own_duplicates(session, op, attempt, now)
-    settled = settle(session, op, attempt, now=now, may_retry=True, rng=deps.rng)
+    # The attempt's log lines go in one INSERT; the moves are made (and checked) at once.
+    with operations_repo.deferred(session, moves=False):
+        attempt = claim_own_duplicates(session, op, attempt, now)
+        settled = settle(session, op, attempt, now=now, may_retry=True, rng=deps.rng)
     session.commit()
     if settled.state is State.RETRYING:
         assert settled.next_attempt_at is not None

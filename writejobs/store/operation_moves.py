@@ -70,7 +70,7 @@ def transition(
     with its like when the block ends.
     """
     pending = session.info.get(_DEFERRED)
-    if pending is not None and to is not State.RUNNING:
+    if pending is not None and pending.moves is not None and to is not State.RUNNING:
         move = _Move(operation_id, to, now, only_from, fields, unless_cancel_requested)
         pending.moves.append(move)
         return True
@@ -164,6 +164,54 @@ def assign_batch_ids(
     return _move(session, which, State.QUEUED, now, None, pending, fields)
 
 
+def _attempt_fields(now: datetime) -> dict[str, Any]:
+    """What the move into `running` sets besides the state and the lease: one more attempt."""
+    return {
+        "attempts": Operation.attempts + 1,
+        "last_attempt_at": now,
+        "waiting_reason": None,
+        "waiting_since": None,
+    }
+
+
+def _take(
+    session: Session, which: ColumnElement[bool], now: datetime, lease_s: float
+) -> list[Operation]:
+    """The compare-and-set into `running` for the operations `which` selects, handing
+    back the rows as they now are, in the same statement (`UPDATE … RETURNING` them).
+
+    populate_existing: rows the session already holds (read by the gate) are
+    refreshed, not handed back with the attempts and lease they had before the move.
+    """
+    values: dict[str, Any] = {
+        "state": State.RUNNING.value,
+        "updated_at": now,
+        "lease_expires_at": now + timedelta(seconds=lease_s),
+        **_attempt_fields(now),
+    }
+    statement = (
+        update(Operation)
+        .where(which, _may_enter(State.RUNNING, now, None))
+        .values(**values)
+        .returning(Operation)
+    )
+    options = {**_NO_SYNC, "populate_existing": True}
+    return list(session.scalars(statement, execution_options=options))
+
+
+def take_operation(
+    session: Session, operation_id: str, *, now: datetime, lease_s: float
+) -> Operation | None:
+    """Move one operation into `running` for an attempt (the compare-and-set, one more
+    attempt, a lease of `lease_s`); the row as it now is, or None when it may not run
+    (another delivery holds it, its wait is not over, it ended). The caller commits."""
+    taken = _take(session, Operation.id == operation_id, now, lease_s)
+    if not taken:
+        log.info("operation %s: not moved to running (state changed elsewhere)", operation_id)
+        return None
+    return taken[0]
+
+
 def take_batch(
     session: Session, batch_id: str, *, now: datetime, lease_s: float
 ) -> list[Operation]:
@@ -172,26 +220,8 @@ def take_batch(
     The same compare-and-set as `transition` to `running`; returns the members
     this call took, oldest first (the caller commits).
     """
-    fields = {
-        "attempts": Operation.attempts + 1,
-        "last_attempt_at": now,
-        "waiting_reason": None,
-        "waiting_since": None,
-    }
-    taken = _move(
-        session, Operation.batch_id == batch_id, State.RUNNING, now, lease_s, None, fields
-    )
-    if not taken:
-        return []
-    # populate_existing: rows the session already holds (read by the gate) are
-    # refreshed, not handed back with the attempts and lease they had before the move.
-    rows = session.scalars(
-        select(Operation)
-        .where(Operation.id.in_(taken))
-        .order_by(Operation.created_at)
-        .execution_options(populate_existing=True)
-    )
-    return list(rows)
+    taken = _take(session, Operation.batch_id == batch_id, now, lease_s)
+    return sorted(taken, key=lambda op: op.created_at)
 
 
 # session.info key: the operations this transaction ended, by state, counted at commit.
@@ -232,7 +262,8 @@ class _Move:
 @dataclass(slots=True)
 class _Deferred:
     logs: list[dict[str, Any]] = field(default_factory=list)
-    moves: list[_Move] = field(default_factory=list)
+    # None: moves are made at once (only the log lines wait for the block's end).
+    moves: list[_Move] | None = field(default_factory=list)
 
 
 def defer_log(session: Session, row: dict[str, Any]) -> bool:
@@ -245,11 +276,15 @@ def defer_log(session: Session, row: dict[str, Any]) -> bool:
 
 
 @contextmanager
-def deferred(session: Session) -> Iterator[None]:
+def deferred(session: Session, *, moves: bool = True) -> Iterator[None]:
     """Gather the log lines and moves (other than into `running`) made inside, and make
-    them together when the block ends without an error; the caller then commits."""
+    them together when the block ends without an error; the caller then commits.
+
+    With `moves=False` only the log lines wait (one INSERT at the end); each move is
+    made when asked and says whether it moved, as a lone operation's settling needs.
+    """
     assert _DEFERRED not in session.info, "deferred blocks do not nest"
-    pending = _Deferred()
+    pending = _Deferred() if moves else _Deferred(moves=None)
     session.info[_DEFERRED] = pending
     try:
         yield
@@ -258,7 +293,7 @@ def deferred(session: Session) -> Iterator[None]:
     if pending.logs:
         session.execute(insert(_LOGS), pending.logs)
     kinds: dict[tuple[Any, ...], list[_Move]] = {}
-    for move in pending.moves:
+    for move in pending.moves or []:
         kind = (
             move.to,
             move.now,
@@ -267,8 +302,8 @@ def deferred(session: Session) -> Iterator[None]:
             tuple(sorted(move.fields)),
         )
         kinds.setdefault(kind, []).append(move)
-    for moves in kinds.values():
-        _move_many(session, moves)
+    for alike in kinds.values():
+        _move_many(session, alike)
 
 
 def _move_many(session: Session, moves: list[_Move]) -> None:

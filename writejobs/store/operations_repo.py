@@ -31,6 +31,7 @@ from writejobs.store.operation_moves import assign_batch_ids as assign_batch_ids
 from writejobs.store.operation_moves import count_finished as count_finished
 from writejobs.store.operation_moves import deferred as deferred
 from writejobs.store.operation_moves import take_batch as take_batch
+from writejobs.store.operation_moves import take_operation as take_operation
 from writejobs.store.operation_moves import transition as transition
 
 # An installation's operations page by page live in operation_pages, reached here too.
@@ -40,7 +41,7 @@ from writejobs.store.operation_pages import encode_page_token as encode_page_tok
 from writejobs.store.operation_pages import (
     list_installation_operations as list_installation_operations,
 )
-from writejobs.store.tables import Operation, OperationLog, OperationPayload
+from writejobs.store.tables import Installation, Operation, OperationLog, OperationPayload
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,19 @@ def operation_row(operation: Operation) -> dict[str, Any]:
 
 def get_operation(session: Session, operation_id: str) -> Operation | None:
     return session.get(Operation, operation_id)
+
+
+def get_with_installation(
+    session: Session, operation_id: str
+) -> tuple[Operation, Installation] | None:
+    """An operation and its installation, read in one statement (a worker's first look)."""
+    statement = (
+        select(Operation, Installation)
+        .join(Installation, Installation.id == Operation.installation_id)
+        .where(Operation.id == operation_id)
+    )
+    row = session.execute(statement).first()
+    return None if row is None else (row[0], row[1])
 
 
 def get_project_operation(session: Session, project_id: str, operation_id: str) -> Operation | None:
