@@ -61,6 +61,8 @@ class Sample:
     cpu_ms: list[float] = field(default_factory=list)
     wall_ms: list[float] = field(default_factory=list)
     sql: list[int] = field(default_factory=list)
+    transactions: list[int] = field(default_factory=list)
+    checkouts: list[int] = field(default_factory=list)
     redis: list[int] = field(default_factory=list)
 
     def line(self, label: str) -> str:
@@ -69,18 +71,21 @@ class Sample:
 
         return (
             f"{label:<44} cpu {med(self.cpu_ms):7.2f} ms  wall {med(self.wall_ms):7.2f} ms  "
-            f"sql {med(self.sql):5.0f}  redis {med(self.redis):4.0f}"
+            f"sql {med(self.sql):3.0f} in {med(self.transactions):.0f} tx, "
+            f"{med(self.checkouts):.0f} checkouts  redis {med(self.redis):.0f}"
         )
 
 
 class Counters:
-    """SQL statements (engine events) and Redis commands (the client's) since `reset`."""
+    """SQL statements, transactions and pool checkouts (each one a pre-ping: a round
+    trip), from engine events, and Redis commands (the client's), per measured task."""
 
     def __init__(self, wiring: Wiring) -> None:
-        self.sql = 0
-        self.redis = 0
+        self.sql = self.transactions = self.checkouts = self.redis = 0
         engine = wiring.deps.sessions.kw["bind"]
         event.listen(engine, "before_cursor_execute", self._statement)
+        event.listen(engine, "begin", self._begin)
+        event.listen(engine.pool, "checkout", self._checkout)
         client = wiring.redis
         original = client.execute_command
 
@@ -93,14 +98,22 @@ class Counters:
     def _statement(self, *_args: Any) -> None:
         self.sql += 1
 
+    def _begin(self, *_args: Any) -> None:
+        self.transactions += 1
+
+    def _checkout(self, *_args: Any) -> None:
+        self.checkouts += 1
+
     @contextmanager
     def measured(self, sample: Sample) -> Iterator[None]:
-        self.sql = self.redis = 0
+        self.sql = self.transactions = self.checkouts = self.redis = 0
         cpu, wall = time.process_time(), time.perf_counter()
         yield
         sample.cpu_ms.append((time.process_time() - cpu) * 1000)
         sample.wall_ms.append((time.perf_counter() - wall) * 1000)
         sample.sql.append(self.sql)
+        sample.transactions.append(self.transactions)
+        sample.checkouts.append(self.checkouts)
         sample.redis.append(self.redis)
 
 

@@ -27,8 +27,9 @@ from writejobs.execution.run import (
 )
 from writejobs.execution.settle import Attempt, settle
 from writejobs.providers.base import WriteItem, WriteOptions
-from writejobs.store import operations_repo, tenants_repo
-from writejobs.store.tables import Installation, Operation
+from writejobs.store import operations_repo, tenants_repo, worker_reads
+from writejobs.store.db import pinned_session
+from writejobs.store.tables import Operation
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +45,43 @@ def run_batch(
     limit has no budget for, waits (`execution.gate`): its members stay queued or
     retrying, no attempt counted, and the batch's task waits in the retry set.
     """
-    with deps.sessions() as session:
-        installation = _installation_of(session, batch_id)
-        if installation is not None and not admit_batch(session, batch_id, installation, deps):
-            return {}
+    with pinned_session(deps.sessions) as session:
+        installation = worker_reads.batch_installation(session, batch_id)
+        # One `now` for the look and the take: the members a dead worker held (their
+        # previous attempt may have reached the provider) are known before the take.
         now = deps.clock()
-        # Members a dead worker held: their previous attempt may have reached the provider.
-        held = operations_repo.lapsed_holders(session, batch_id, now=now)
+        candidates = worker_reads.candidates(session, batch_id, now=now)
+        if installation is not None and not admit_batch(
+            session, batch_id, installation, deps, candidates, now=now
+        ):
+            return {}
+        held = {m.id for m in candidates if m.taken_over}
         taken = operations_repo.take_batch(
             session, batch_id, now=now, lease_s=deps.settings.running_lease_s
         )
-        session.commit()
         if not taken:
+            session.commit()
             log.info("batch %s: nothing to do (members finished, waiting or held)", batch_id)
             return {}
+        # Each member's "attempt started" commits with its move into running.
+        operations_repo.add_logs(
+            session,
+            [
+                {
+                    "operation_id": op.id,
+                    "timestamp": now,
+                    "msg": "attempt started",
+                    "details": {
+                        "attempt": op.attempts,
+                        "batch_id": batch_id,
+                        "batch_size": len(taken),
+                    },
+                }
+                for op in taken
+            ],
+        )
+        session.commit()
+        log.info("batch %s: attempt started with %d member(s)", batch_id, len(taken))
         try:
             return _write_members(session, batch_id, taken, held, deps, on_start)
         except Exception as exc:
@@ -65,14 +89,6 @@ def run_batch(
                 raise
             ids = [op.id for op in taken]
             raise end_crashed(session, ids, exc, now=deps.clock()) from None
-
-
-def _installation_of(session: Session, batch_id: str) -> Installation | None:
-    """The installation of a batch's members (one group: one installation), if any."""
-    installation_id = operations_repo.batch_installation(session, batch_id)
-    if installation_id is None:
-        return None
-    return tenants_repo.get_installation(session, installation_id)
 
 
 def _write_members(
@@ -85,26 +101,8 @@ def _write_members(
 ) -> dict[str, int]:
     """One provider call for the members this delivery took, each settled on its own."""
     now = deps.clock()
-    log.info("batch %s: attempt started with %d member(s)", batch_id, len(taken))
     if on_start is not None:
         on_start(batch_id)
-    operations_repo.add_logs(
-        session,
-        [
-            {
-                "operation_id": op.id,
-                "timestamp": now,
-                "msg": "attempt started",
-                "details": {
-                    "attempt": op.attempts,
-                    "batch_id": batch_id,
-                    "batch_size": len(taken),
-                },
-            }
-            for op in taken
-        ],
-    )
-    session.commit()
     first = taken[0]
     installation = tenants_repo.get_installation(session, first.installation_id)
     assert installation is not None

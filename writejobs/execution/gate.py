@@ -46,8 +46,9 @@ from writejobs.errors import RateLimited
 from writejobs.execution.deps import ExecutionDeps
 from writejobs.execution.settle import expire
 from writejobs.providers.registry import batch_size
-from writejobs.store import operations_repo
+from writejobs.store import operations_repo, worker_reads
 from writejobs.store.tables import Installation, Operation
+from writejobs.store.worker_reads import Candidate
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ PAUSED = "installation paused"
 RATE_LIMITED = "provider rate limit"
 # How long a synchronous write waits for budget inside its request before it is refused.
 SYNC_WAIT_S = 1.0
+# Waiting for an attempt: what the gate looks at (a lapsed running one is taken over).
+WAITING = (State.QUEUED.value, State.RETRYING.value)
 # The longest a paused installation's work goes without being looked at again.
 MAX_RECHECK_S = 60.0
 
@@ -225,18 +228,27 @@ def admit_operation(
 
 
 def admit_batch(
-    session: Session, batch_id: str, installation: Installation, deps: ExecutionDeps
+    session: Session,
+    batch_id: str,
+    installation: Installation,
+    deps: ExecutionDeps,
+    members: Sequence[Candidate],
+    *,
+    now: datetime,
 ) -> bool:
     """True when the batch may run (its calls' budget taken); otherwise its startable
     members were held (or the ones out of time expired) and the batch's task comes
-    back when the first look is due."""
-    now = deps.clock()
+    back when the first look is due.
+
+    `members` are the batch's candidates at `now` (`store.worker_reads.candidates`);
+    the gate looks at those waiting for an attempt (queued, or retrying and due).
+    """
     deps.arrived("batch", batch_id, installation.id)
-    members = operations_repo.startable_members(session, batch_id, now=now)
-    if not members:
+    waiting = [m for m in members if m.state in WAITING]
+    if not waiting:
         return True  # nothing to hold: take_batch finds what (if anything) there is to do
-    live = [as_utc(m.deadline_at) for m in members if as_utc(m.deadline_at) > now]
-    since = [as_utc(m.waiting_since) for m in members if m.waiting_since is not None]
+    live = [as_utc(m.deadline_at) for m in waiting if as_utc(m.deadline_at) > now]
+    since = [as_utc(m.waiting_since) for m in waiting if m.waiting_since is not None]
     deferral = check_admission(
         installation,
         now=now,
@@ -245,13 +257,14 @@ def admit_batch(
         recheck_s=deps.settings.pause_recheck_s,
     )
     if deferral is None:
-        calls = calls_for("auto_batch", len(members), installation.provider)
+        calls = calls_for("auto_batch", len(waiting), installation.provider)
         deferral = check_rate_limit(
             deps, installation, calls=calls, now=now, deadline_at=min(live, default=now)
         )
     if deferral is None:
         return True
-    held, _expired = hold(session, members, deferral, now=now)
+    rows = worker_reads.operations(session, [m.id for m in waiting])
+    held, _expired = hold(session, rows, deferral, now=now)
     if held:
         log.info("batch %s: waiting (%s) until %s", batch_id, deferral.reason, iso(deferral.until))
         deps.schedule_retry("batch", batch_id, deferral.until)

@@ -22,7 +22,7 @@ from writejobs.errors import ProviderError
 from writejobs.execution.bulk import run_bulk_attempt
 from writejobs.execution.crash import end_crashed, is_transient
 from writejobs.execution.deps import ExecutionDeps
-from writejobs.execution.gate import admit_operation
+from writejobs.execution.gate import WAITING, admit_operation
 from writejobs.execution.repeats import natural_key, note_takeover
 from writejobs.execution.settle import Attempt, indices_to_try, settle
 from writejobs.providers.base import (
@@ -31,13 +31,11 @@ from writejobs.providers.base import (
     WriteOptions,
     WriteType,
 )
-from writejobs.store import operations_repo
+from writejobs.store import operations_repo, worker_reads
+from writejobs.store.db import pinned_session
 from writejobs.store.tables import Installation, Operation
 
 log = logging.getLogger(__name__)
-
-# Waiting for an attempt: what the admission gate looks at before one starts.
-WAITING = (State.QUEUED.value, State.RETRYING.value)
 
 
 def write_options(request: WriteRequest) -> WriteOptions:
@@ -135,8 +133,8 @@ def run_operation(operation_id: str, deps: ExecutionDeps) -> State | None:
     `WriteCrashed` is raised instead
     (see `execution.crash`).
     """
-    with deps.sessions() as session:
-        found = operations_repo.get_with_installation(session, operation_id)
+    with pinned_session(deps.sessions) as session:
+        found = worker_reads.operation_with_installation(session, operation_id)
         if found is None:
             log.warning("operation %s: not found", operation_id)
             return None

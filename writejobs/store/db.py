@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +73,21 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def create_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def pinned_session(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session of `sessions` that keeps one pooled connection from start to end.
+
+    A plain session hands its connection back to the pool at each commit and checks
+    one out again (with the pool's pre-ping, a round trip) at the next statement; a
+    worker's task commits two or three times around its provider call, so it pays
+    that once here instead of at each transaction. Each commit still commits.
+    """
+    bind = sessions.kw.get("bind")
+    if not isinstance(bind, Engine):
+        with sessions() as session:
+            yield session
+        return
+    with bind.connect() as connection, sessions(bind=connection) as session:
+        yield session

@@ -41,7 +41,7 @@ from writejobs.store.operation_pages import encode_page_token as encode_page_tok
 from writejobs.store.operation_pages import (
     list_installation_operations as list_installation_operations,
 )
-from writejobs.store.tables import Installation, Operation, OperationLog, OperationPayload
+from writejobs.store.tables import Operation, OperationLog, OperationPayload
 
 log = logging.getLogger(__name__)
 
@@ -68,19 +68,6 @@ def operation_row(operation: Operation) -> dict[str, Any]:
 
 def get_operation(session: Session, operation_id: str) -> Operation | None:
     return session.get(Operation, operation_id)
-
-
-def get_with_installation(
-    session: Session, operation_id: str
-) -> tuple[Operation, Installation] | None:
-    """An operation and its installation, read in one statement (a worker's first look)."""
-    statement = (
-        select(Operation, Installation)
-        .join(Installation, Installation.id == Operation.installation_id)
-        .where(Operation.id == operation_id)
-    )
-    row = session.execute(statement).first()
-    return None if row is None else (row[0], row[1])
 
 
 def get_project_operation(session: Session, project_id: str, operation_id: str) -> Operation | None:
@@ -292,31 +279,6 @@ def renew_lease(session: Session, operation_id: str, *, now: datetime, lease_s: 
     return renewed
 
 
-def lapsed_holders(session: Session, batch_id: str, *, now: datetime) -> set[str]:
-    """Members of a batch left `running` under a lapsed lease: a delivery took them,
-    began its provider call and never settled (its worker died).
-
-    Read just before `take_batch` with the same `now`, so the caller knows which of
-    the members it takes are taken over rather than started afresh.
-    """
-    statement = select(Operation.id).where(
-        Operation.batch_id == batch_id,
-        Operation.state == State.RUNNING.value,
-        Operation.lease_expires_at < now,
-    )
-    return set(session.scalars(statement))
-
-
-def startable_members(session: Session, batch_id: str, *, now: datetime) -> list[Operation]:
-    """The members of a batch that `take_batch` would take now (queued, or retrying and
-    due), without taking them: what the admission gate looks at first."""
-    waiting = frozenset({State.QUEUED, State.RETRYING})
-    statement = select(Operation).where(
-        Operation.batch_id == batch_id, _may_enter(State.RUNNING, now, waiting)
-    )
-    return list(session.scalars(statement.order_by(Operation.created_at)))
-
-
 def note_waiting(
     session: Session,
     operation_ids: list[str],
@@ -398,12 +360,5 @@ def cancels_requested(session: Session, operation_ids: list[str]) -> set[str]:
 def replay_of(session: Session, original_id: str) -> str | None:
     """The id of the operation that replays `original_id`, if there is one."""
     statement = select(Operation.id).where(Operation.replay_of == original_id)
-    found: str | None = session.scalar(statement)
-    return found
-
-
-def batch_installation(session: Session, batch_id: str) -> str | None:
-    """The installation of a batch's members (they share one), or None for no members."""
-    statement = select(Operation.installation_id).where(Operation.batch_id == batch_id).limit(1)
     found: str | None = session.scalar(statement)
     return found
