@@ -18,7 +18,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Table, and_, bindparam, event, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    DateTime,
+    Insert,
+    Table,
+    and_,
+    bindparam,
+    event,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from writejobs.store.tables import Operation
@@ -64,8 +77,13 @@ def _forget_owed(session: Session) -> None:
     session.info.pop(_ENDED, None)
 
 
-def _insert_owed(session: Session, operation_ids: list[str], now: datetime) -> None:
-    """One INSERT … SELECT: operations with no destination cost one indexed read."""
+def _owed_statement() -> Insert:
+    """One INSERT … SELECT: operations with no destination cost one indexed read.
+
+    Built once (the ids and the time are parameters): it runs at every commit that
+    ends an operation, and building it cost more than running it.
+    """
+    now = bindparam("owed_now", type_=DateTime(timezone=True))
     matches = (
         select(
             WebhookDestination.id,
@@ -73,12 +91,12 @@ def _insert_owed(session: Session, operation_ids: list[str], now: datetime) -> N
             literal(EVENT_PREFIX) + Operation.id,
             literal("pending"),
             literal(0),
-            literal(now),
-            literal(now),
+            now,
+            now,
         )
         .join(WebhookDestination, WebhookDestination.project_id == Operation.project_id)
         .where(
-            Operation.id.in_(operation_ids),
+            Operation.id.in_(bindparam("owed_ids", expanding=True)),
             # A synchronous write was answered in its request.
             Operation.mode != "synchronous",
             WebhookDestination.enabled.is_(True),
@@ -97,7 +115,14 @@ def _insert_owed(session: Session, operation_ids: list[str], now: datetime) -> N
         "next_attempt_at",
         "created_at",
     ]
-    session.execute(insert(WebhookDelivery).from_select(columns, matches))
+    return insert(_DELIVERIES).from_select(columns, matches)
+
+
+_OWED = _owed_statement()
+
+
+def _insert_owed(session: Session, operation_ids: list[str], now: datetime) -> None:
+    session.execute(_OWED, {"owed_ids": operation_ids, "owed_now": now})
 
 
 @dataclass(frozen=True, slots=True)
