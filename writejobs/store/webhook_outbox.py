@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import (
     DateTime,
     Insert,
+    Select,
     Table,
     and_,
     bindparam,
@@ -33,6 +34,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import Update
 
 from writejobs.store.tables import Operation
 from writejobs.store.webhook_tables import WebhookAttempt, WebhookDelivery, WebhookDestination
@@ -77,6 +79,17 @@ def _forget_owed(session: Session) -> None:
     session.info.pop(_ENDED, None)
 
 
+_OWED_COLUMNS = [
+    "destination_id",
+    "operation_id",
+    "event_id",
+    "state",
+    "attempts",
+    "next_attempt_at",
+    "created_at",
+]
+
+
 def _owed_statement() -> Insert:
     """One INSERT … SELECT: operations with no destination cost one indexed read.
 
@@ -106,19 +119,46 @@ def _owed_statement() -> Insert:
             ),
         )
     )
-    columns = [
-        "destination_id",
-        "operation_id",
-        "event_id",
-        "state",
-        "attempts",
-        "next_attempt_at",
-        "created_at",
-    ]
-    return insert(_DELIVERIES).from_select(columns, matches)
+    return insert(_DELIVERIES).from_select(_OWED_COLUMNS, matches)
 
 
 _OWED = _owed_statement()
+
+
+def ending(moves: Update, *, now: datetime) -> Select[str]:
+    """`moves` (an UPDATE that ends operations) as one statement that also owes their
+    notifications, selecting the ids it moved: PostgreSQL runs a data-modifying CTE in
+    the statement's transaction, so the rows exist exactly when the write ended, as
+    `enqueue_for` makes them at the commit, one round trip fewer.
+    """
+    ops: Table = Operation.__table__  # type: ignore[assignment]
+    moved = moves.returning(ops.c.id, ops.c.project_id, ops.c.integration_id, ops.c.mode).cte(
+        "moved"
+    )
+    destinations: Table = WebhookDestination.__table__  # type: ignore[assignment]
+    at = literal(now, DateTime(timezone=True))
+    matches = (
+        select(
+            destinations.c.id,
+            moved.c.id,
+            literal(EVENT_PREFIX) + moved.c.id,
+            literal("pending"),
+            literal(0),
+            at,
+            at,
+        )
+        .select_from(moved.join(destinations, destinations.c.project_id == moved.c.project_id))
+        .where(
+            moved.c.mode != "synchronous",
+            destinations.c.enabled.is_(True),
+            or_(
+                destinations.c.integration_id.is_(None),
+                destinations.c.integration_id == moved.c.integration_id,
+            ),
+        )
+    )
+    owed = insert(_DELIVERIES).from_select(_OWED_COLUMNS, matches).cte("owed")
+    return select(moved.c.id).add_cte(owed)
 
 
 def _insert_owed(session: Session, operation_ids: list[str], now: datetime) -> None:
