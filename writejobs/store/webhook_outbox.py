@@ -4,8 +4,10 @@
 (`operations_repo.transition`), and its rows are written in that transaction,
 just before it commits, so they exist exactly when the write ended: a crash
 before the commit leaves neither, one after it leaves both, and the scheduler's
-sweep finds the rows however long the delivery workers were away. Synchronous
-writes are answered in their request and notify nobody.
+sweep finds the rows however long the delivery workers were away. (On
+PostgreSQL a single move writes them in its own statement instead, `ending`:
+the same transaction, one round trip fewer.) Synchronous writes are answered
+in their request and notify nobody.
 
 A row is sent by a claim (`claim_due`, the sweep: `claimed_until` keeps other
 sweeps off while its task travels) and a take (`take`, the task: `taken_until`
