@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import Engine, event
 
 from tests.support.core import Core, core
+from writejobs.clock import as_utc
 from writejobs.core.operations import State
 from writejobs.execution.batch import run_batch
 from writejobs.execution.settle import expire
@@ -100,3 +101,28 @@ def test_a_member_another_delivery_ended_meanwhile_keeps_its_end(c: Core) -> Non
 
     # then the other two succeed and the ended one is not moved again
     assert [c.operation(i).state for i in ids] == ["succeeded", "expired", "succeeded"]
+
+
+def test_members_that_failed_retryably_are_written_by_their_retry_batch_once_it_is_due(
+    c: Core,
+) -> None:
+    # given a batch of three whose provider cannot take one record now
+    batch_id, ids = flushed_batch(c, ["ok", "retry", "ok"])
+    assert run_batch(batch_id, c.deps) == {"succeeded": 2, "retrying": 1}
+    [(kind, retry_batch_id, at)] = c.sender.waits
+    assert kind == "batch" and retry_batch_id != batch_id
+
+    # when the provider heals, and the retry batch's task runs before its time, then at it
+    c.provider.healed = True
+    assert run_batch(retry_batch_id, c.deps) == {}
+    c.clock.now = as_utc(at)
+    c.sender.release_due(c.clock())
+    results = c.deliver()
+
+    # then the waiting member is written by a second attempt, the others once
+    assert results == [{"succeeded": 1}]
+    assert [op.state for op in map(c.operation, ids)] == ["succeeded"] * 3
+    assert [c.operation(i).attempts for i in ids] == [1, 2, 1]
+    assert [len(records) for records in c.provider.seen] == [3, 1]
+    messages = [entry.msg for entry in c.logs(ids[1])]
+    assert messages.count("attempt started") == 2 and messages[-1] == "write finished: succeeded"
