@@ -137,10 +137,13 @@ def test_two_schedulers_and_concurrent_intake_flush_every_record_exactly_once(
     )
     with running_api(own) as api, running_worker(own, concurrency=2):
         tenant = create_tenant(own, api, own_sandbox)
-        # and 10,000 records spread unevenly over 50 groups, sent by 16 clients at once
+        # and 10,000 records spread unevenly over 50 groups, sent by 16 clients at once:
+        # half of them to 5 groups, which fill to 100 long before their delay ends even
+        # on a loaded machine, the other half over 45 groups, most of which do not
         rng = random.Random(7)
         objects = [f"things{g}" for g in range(50)]
-        plan = [(rng.choice(objects), f"k{i}") for i in range(10_000)]
+        weights = [9.0] * 5 + [1.0] * 45
+        plan = [(rng.choices(objects, weights)[0], f"k{i}") for i in range(10_000)]
 
         def send(chunk: list[tuple[str, str]]) -> list[str]:
             with tenant.client() as client:
