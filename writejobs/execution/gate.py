@@ -60,6 +60,10 @@ SYNC_WAIT_S = 1.0
 WAITING = (State.QUEUED.value, State.RETRYING.value)
 # The longest a paused installation's work goes without being looked at again.
 MAX_RECHECK_S = 60.0
+# Held operations a resume releases per transaction, and how long it waits for the
+# ones a worker's transaction holds (see `release_installation`).
+RELEASE_CHUNK = 1000
+RELEASE_WAIT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,26 +279,58 @@ def release_installation(session: Session, installation_id: str, deps: Execution
     """Send the work a paused installation held back now (after a resume); count it.
 
     Each held operation becomes due at once, with a log line, and its task (or its
-    batch's) goes through the retry queue, which the scheduler releases on its
-    next pass. Commits.
+    batch's) goes through the retry queue, which the scheduler releases on its next
+    pass. `RELEASE_CHUNK` operations a transaction, each committed before its tasks
+    are sent: a hold of 20,000 is never one statement holding every row while workers
+    take batches (on PostgreSQL that deadlocked), and a crash half-way loses nothing:
+    what was not released yet keeps its pause's recheck in the retry queue, and a
+    look at it then finds the installation resumed. Rows a worker holds are skipped,
+    then looked at again until they are free or `RELEASE_WAIT_S` has passed (what a
+    worker still holds by then is its to move; anything left has its recheck).
     """
     now = deps.clock()
-    released = operations_repo.release_waiting(session, installation_id, PAUSED, now=now)
-    operations_repo.add_logs(
-        session,
-        [
-            {"operation_id": op_id, "timestamp": now, "msg": "released: installation resumed"}
-            for op_id, _batch in released
-        ],
-    )
-    session.commit()
-    batches = sorted({batch for _op, batch in released if batch is not None})
-    for batch_id in batches:
-        deps.schedule_retry("batch", batch_id, now)
-    for op_id, batch in released:
-        if batch is None:
-            deps.schedule_retry("op", op_id, now)
-    return len(released)
+    released = 0
+    sent: set[str] = set()
+    split: str | None = None  # the batch the last chunk may have cut: sent when whole
+    gave_up_at = time.monotonic() + RELEASE_WAIT_S
+    while True:
+        chunk = operations_repo.release_waiting(
+            session, installation_id, PAUSED, now=now, limit=RELEASE_CHUNK
+        )
+        if not chunk:
+            left = operations_repo.count_waiting(session, installation_id, PAUSED)
+            session.rollback()
+            if left == 0 or time.monotonic() > gave_up_at:
+                if split is not None:
+                    deps.schedule_retry("batch", split, now)
+                if left:
+                    log.warning(
+                        "installation %s: %d held operations busy; left to their recheck",
+                        installation_id,
+                        left,
+                    )
+                return released
+            time.sleep(0.05)  # skipped rows a worker's transaction holds: look again
+            continue
+        operations_repo.add_logs(
+            session,
+            [
+                {"operation_id": op_id, "timestamp": now, "msg": "released: installation resumed"}
+                for op_id, _batch in chunk
+            ],
+        )
+        session.commit()
+        released += len(chunk)
+        batches = {batch for _op, batch in chunk if batch is not None}
+        if split is not None:
+            batches.add(split)
+        split = max(batches) if batches and len(chunk) == RELEASE_CHUNK else None
+        for batch_id in sorted(batches - sent - {split}):
+            sent.add(batch_id)
+            deps.schedule_retry("batch", batch_id, now)
+        for op_id, batch in chunk:
+            if batch is None:
+                deps.schedule_retry("op", op_id, now)
 
 
 def admit_sync(deps: ExecutionDeps, installation: Installation, records: int) -> None:

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Table,
     and_,
     delete,
@@ -308,24 +309,47 @@ def note_waiting(
 
 
 def release_waiting(
-    session: Session, installation_id: str, reason: str, *, now: datetime
+    session: Session, installation_id: str, reason: str, *, now: datetime, limit: int
 ) -> list[tuple[str, str | None]]:
-    """Make an installation's operations held for `reason` due now; (id, batch id) of each.
+    """Make up to `limit` of an installation's operations held for `reason` due now and
+    no longer waiting; (id, batch id) of each. The caller commits, then sends their tasks.
 
-    The caller sends their tasks (through the retry queue) after it commits.
+    Rows another transaction holds are skipped (PostgreSQL's SKIP LOCKED; SQLite has one
+    writer at a time anyway): a release never waits on a worker taking a batch, so it
+    cannot deadlock with one, whatever order each locks its rows in. The rows it
+    releases stop matching (`waiting_reason` is cleared), so the caller calls again
+    until none is returned; `count_waiting` tells whether skipped ones remain. Taken
+    in batch order, so only the greatest batch id returned may have members left.
     """
-    waiting = [State.QUEUED.value, State.RETRYING.value]
+    held = (
+        select(Operation.id)
+        .where(_held_for(installation_id, reason))
+        # A batch's members together (singles first), so a chunk splits at most one.
+        .order_by(func.coalesce(Operation.batch_id, ""), Operation.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
     statement = (
         update(Operation)
-        .where(
-            Operation.installation_id == installation_id,
-            Operation.state.in_(waiting),
-            Operation.waiting_reason == reason,
-        )
-        .values(next_attempt_at=now, updated_at=now)
+        .where(Operation.id.in_(held.scalar_subquery()))
+        .values(next_attempt_at=now, waiting_reason=None, waiting_since=None, updated_at=now)
         .returning(Operation.id, Operation.batch_id)
     )
     return [(row[0], row[1]) for row in session.execute(statement, execution_options=_NO_SYNC)]
+
+
+def count_waiting(session: Session, installation_id: str, reason: str) -> int:
+    """How many of an installation's operations are held for `reason` (locked ones too)."""
+    statement = select(func.count()).where(_held_for(installation_id, reason))
+    return int(session.scalar(statement) or 0)
+
+
+def _held_for(installation_id: str, reason: str) -> ColumnElement[bool]:
+    return and_(
+        Operation.installation_id == installation_id,
+        Operation.state.in_([State.QUEUED.value, State.RETRYING.value]),
+        Operation.waiting_reason == reason,
+    )
 
 
 def request_cancel(session: Session, operation_id: str, *, now: datetime) -> bool:
