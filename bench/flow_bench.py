@@ -56,9 +56,10 @@ from sqlalchemy import func, select  # noqa: E402
 
 from sandbox.limits import token_hash  # noqa: E402
 from tests.support.system import (  # noqa: E402
+    ChildProcess,
     Tenant,
     create_tenant,
-    running_api,
+    running_api_process,
     running_scheduler,
     running_worker,
     start_child,
@@ -81,6 +82,7 @@ class System:
     settings: Settings
     api_url: str
     sandbox_url: str
+    api: ChildProcess
 
     def limit(self, **config: Any) -> None:
         httpx.post(f"{self.sandbox_url}/_sandbox/limits", json=config).raise_for_status()
@@ -100,12 +102,17 @@ def main() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="wj-flow-bench-"))
     with bench_redis(data_dir) as redis_url, system(data_dir, redis_url) as sys_:
         results = []
-        if which in ("burst", "all"):
-            results.append(burst(sys_, n or 200))
-        if which in ("autobatch", "all"):
-            results.append(autobatch(sys_, n or 20_000))
-        if which in ("fairness", "all"):
-            results.append(fairness(sys_, n or 20_000))
+        try:
+            if which in ("burst", "all"):
+                results.append(burst(sys_, n or 200))
+            if which in ("autobatch", "all"):
+                results.append(autobatch(sys_, n or 20_000))
+            if which in ("fairness", "all"):
+                results.append(fairness(sys_, n or 20_000))
+        except Exception:
+            # What the API said about it (a 500's traceback is only in its log).
+            print(f"API log, last lines:\n{sys_.api.output()[-6000:]}", file=sys.stderr)
+            raise
     sys.exit(0 if all(results) else 1)
 
 
@@ -135,12 +142,12 @@ def system(data_dir: Path, redis_url: str) -> Iterator[System]:
         sandbox_url = f"http://127.0.0.1:{sandbox_port}"
         _wait_http(f"{sandbox_url}/_sandbox/stats")
         with ExitStack() as stack:
-            api_url = stack.enter_context(running_api(settings))
+            api_url, api = stack.enter_context(running_api_process(settings))
             for _ in range(2):
                 stack.enter_context(running_worker(settings, concurrency=2))
             stack.enter_context(running_scheduler(settings, "scheduler-1"))
             stack.enter_context(running_scheduler(settings, "scheduler-2"))
-            yield System(settings, api_url, sandbox_url)
+            yield System(settings, api_url, sandbox_url, api)
     finally:
         sandbox.stop()
         client = redis.Redis.from_url(redis_url)
