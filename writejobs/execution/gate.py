@@ -205,9 +205,19 @@ def admit_operation(
     session: Session, op: Operation, installation: Installation, deps: ExecutionDeps
 ) -> bool:
     """True when `op` may start its attempt; otherwise it was held (or expired) here."""
+    try:
+        return _admit_operation(session, op, installation, deps)
+    finally:
+        # The task reached its worker and took its budget (or waits): the fair-share
+        # admission's reservation ends. Not before the limiter is asked: in between,
+        # a scheduler would count neither and admit one more than the window holds.
+        deps.arrived("op", op.id, installation.id)
+
+
+def _admit_operation(
+    session: Session, op: Operation, installation: Installation, deps: ExecutionDeps
+) -> bool:
     now = deps.clock()
-    # The task reached its worker: the fair-share admission's reservation ends.
-    deps.arrived("op", op.id, installation.id)
     deferral = check_admission(
         installation,
         now=now,
@@ -247,7 +257,21 @@ def admit_batch(
     `members` are the batch's candidates at `now` (`store.worker_reads.candidates`);
     the gate looks at those waiting for an attempt (queued, or retrying and due).
     """
-    deps.arrived("batch", batch_id, installation.id)
+    try:
+        return _admit_batch(session, batch_id, installation, deps, members, now=now)
+    finally:
+        deps.arrived("batch", batch_id, installation.id)  # as in `admit_operation`
+
+
+def _admit_batch(
+    session: Session,
+    batch_id: str,
+    installation: Installation,
+    deps: ExecutionDeps,
+    members: Sequence[Candidate],
+    *,
+    now: datetime,
+) -> bool:
     waiting = [m for m in members if m.state in WAITING]
     if not waiting:
         return True  # nothing to hold: take_batch finds what (if anything) there is to do
