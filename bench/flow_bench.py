@@ -204,10 +204,13 @@ def autobatch(sys_: System, n: int) -> bool:
     ids = send_many(tenant, n, auto_batch=True)
     accepted_s = time.monotonic() - started
     wait_flushed(sys_.settings, ids, timeout_s=600)
+    refusals_before = limiter_refusals(sys_.settings)
     set_paused(tenant, False)
     resumed = time.monotonic()
     wait_done(sys_.settings, ids, timeout_s=3600)
     took_s = time.monotonic() - resumed
+    time.sleep(1.5)  # the workers' metrics reach Redis each second
+    gate_waits = limiter_refusals(sys_.settings) - refusals_before
     bucket = _bucket(sys_, token)
     calls, span_s, reuse_s = (
         bucket["admitted"],
@@ -233,6 +236,7 @@ def autobatch(sys_: System, n: int) -> bool:
     print(f"  {'calls per full 10 s window':<38}{' '.join(map(str, full)):>12}")
     print(f"  {'most admitted in any 10 s window':<38}{most:>12}{'<= 20':>14}")
     print(f"  {'429 answers':<38}{refused:>12}")
+    print(f"  {'batches at their gate without budget':<38}{gate_waits:>12}")
     print(f"  {'batches (records: count)':<38}{_fmt(sizes):>12}")
     print(f"  {'accepted after / done after resume (s)':<38}{f'{accepted_s:.0f}/{took_s:.0f}':>12}")
     print(f"  {'states':<38}{_fmt(states):>12}")
@@ -326,6 +330,16 @@ def trickle(settings: Settings, tenant: Tenant, seconds: int) -> tuple[float, fl
         engine.dispose()
     lags = sorted((as_utc(done) - as_utc(made)).total_seconds() for made, done in rows)
     return lags[len(lags) // 2], lags[min(len(lags) - 1, math.ceil(len(lags) * 0.99) - 1)]
+
+
+def limiter_refusals(settings: Settings) -> int:
+    """Calls the fleet's limiter refused so far (each one's work went back to wait)."""
+    client = redis.Redis.from_url(settings.effective_redis_url)
+    try:
+        fields = client.hgetall(f"{settings.redis_namespace}:metrics")
+    finally:
+        client.close()
+    return sum(int(v) for k, v in fields.items() if k.startswith(b"limiter_refusals{"))
 
 
 def set_paused(tenant: Tenant, paused: bool) -> None:
