@@ -205,6 +205,7 @@ def autobatch(sys_: System, n: int) -> bool:
     accepted_s = time.monotonic() - started
     wait_flushed(sys_.settings, ids, timeout_s=600)
     refusals_before = limiter_refusals(sys_.settings)
+    asked = time.monotonic()
     set_paused(tenant, False)
     resumed = time.monotonic()
     wait_done(sys_.settings, ids, timeout_s=3600)
@@ -238,6 +239,7 @@ def autobatch(sys_: System, n: int) -> bool:
     print(f"  {'429 answers':<38}{refused:>12}")
     print(f"  {'batches at their gate without budget':<38}{gate_waits:>12}")
     print(f"  {'batches (records: count)':<38}{_fmt(sizes):>12}")
+    print(f"  {'resume of the held backlog answered (s)':<38}{resumed - asked:>12.2f}")
     print(f"  {'accepted after / done after resume (s)':<38}{f'{accepted_s:.0f}/{took_s:.0f}':>12}")
     print(f"  {'states':<38}{_fmt(states):>12}")
     print(f"  {'PASS' if ok else 'FAIL'}")
