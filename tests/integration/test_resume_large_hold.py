@@ -11,14 +11,14 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import func, select, text, update
+from sqlalchemy import delete, func, select, text, update
 
 from tests.support.core import Core, core
 from writejobs.execution.gate import PAUSED
 from writejobs.intake import controls
 from writejobs.settings import Settings
 from writejobs.store import operations_repo
-from writejobs.store.tables import Operation, OperationLog
+from writejobs.store.tables import Operation, OperationLog, OperationPayload
 
 HELD = 20_000
 PER_BATCH = 100
@@ -28,6 +28,15 @@ PER_BATCH = 100
 def c(settings: Settings) -> Iterator[Core]:
     with core(settings) as built:
         yield built
+        # The store is the session's: leave no backlog for other tests' sweeps to find.
+        mine = select(Operation.id).where(Operation.installation_id == built.tenant.installation_id)
+        with built.deps.sessions() as session:
+            for table in (OperationLog, OperationPayload):
+                session.execute(delete(table).where(table.operation_id.in_(mine)))
+            session.execute(
+                delete(Operation).where(Operation.installation_id == built.tenant.installation_id)
+            )
+            session.commit()
 
 
 def hold_backlog(c: Core, n: int) -> str:
