@@ -106,7 +106,13 @@ def test_resume_releases_every_one_of_20000_held_writes_and_sends_each_batch_onc
             )
         )
         logged = session.scalar(
-            select(func.count()).where(OperationLog.msg == "released: installation resumed")
+            select(func.count())
+            .select_from(OperationLog)
+            .join(Operation, Operation.id == OperationLog.operation_id)
+            .where(
+                Operation.installation_id == c.tenant.installation_id,
+                OperationLog.msg == "released: installation resumed",
+            )
         )
     assert (due, logged) == (HELD + 1, HELD + 1)
     sent = [(kind, target) for kind, target, _at in c.sender.waits]

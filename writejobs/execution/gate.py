@@ -314,7 +314,6 @@ def release_installation(session: Session, installation_id: str, deps: Execution
     """
     now = deps.clock()
     released = 0
-    sent: set[str] = set()
     split: str | None = None  # the batch the last chunk may have cut: sent when whole
     gave_up_at = time.monotonic() + RELEASE_WAIT_S
     while True:
@@ -349,8 +348,9 @@ def release_installation(session: Session, installation_id: str, deps: Execution
         if split is not None:
             batches.add(split)
         split = max(batches) if batches and len(chunk) == RELEASE_CHUNK else None
-        for batch_id in sorted(batches - sent - {split}):
-            sent.add(batch_id)
+        # A batch seen again (members a worker held, freed since) is sent again: a
+        # duplicate task is harmless, its members' move into `running` takes them once.
+        for batch_id in sorted(batches - {split}):
             deps.schedule_retry("batch", batch_id, now)
         for op_id, batch in chunk:
             if batch is None:
