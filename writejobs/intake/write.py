@@ -19,20 +19,14 @@ from writejobs.core.contract import WriteRequest, check_target_names
 from writejobs.core.ids import new_id
 from writejobs.core.json_input import shown
 from writejobs.core.operations import NewOperation, Routed, State
-from writejobs.errors import (
-    ContractError,
-    InstallationPaused,
-    NotFound,
-    ProviderError,
-    StoreUnavailable,
-)
+from writejobs.errors import ContractError, InstallationPaused, NotFound, ProviderError
 from writejobs.execution.crash import end_crashed
 from writejobs.execution.deps import ExecutionDeps
 from writejobs.execution.gate import admit_sync
 from writejobs.execution.run import attempt_write, request_items, write_options
 from writejobs.execution.settle import settle
 from writejobs.intake.directory import TenantDirectory
-from writejobs.intake.handoff import STORE_DOWN, HandOffs, hand_off, recording
+from writejobs.intake.handoff import HandOffs, hand_off, recording
 from writejobs.intake.idempotency import KeyClaim, accepted_answer
 from writejobs.providers.base import BatchOutcome
 from writejobs.store import idempotency_repo, operations_repo
@@ -165,13 +159,8 @@ async def accept_async_write(
         raise ValueError("accept_async_write takes asynchronous writes only")
     _installation, row, accepted = _prepare(target, request, deps, dispatch, None)
     op = NewOperation(row)
-    try:
+    with recording():
         await committer(row, [accepted])
-    except STORE_DOWN as exc:
-        log.warning("the store could not record a write: %s", type(exc).__name__)
-        raise StoreUnavailable(
-            f"the store could not record the write: {type(exc).__name__}"
-        ) from exc
     hand_offs.put(op)
     return Accepted(op)
 
