@@ -62,10 +62,14 @@ async def authenticated_project(
         project = await run_in_threadpool(directory.project_for_api_key, api_key)
     if project is None:
         raise ApiProblem(401, "invalid API key", remedy="Check the key; keys are shown once.")
-    wanted = project_id_or_name.lower()
-    if wanted not in (project.id.lower(), project.name.lower()):
+    if not names_project(project, project_id_or_name):
         raise ApiProblem(404, f"project {shown(project_id_or_name)} not found")
     return project
+
+
+def names_project(project: Project, project_id_or_name: str) -> bool:
+    """Whether a path's project segment names `project` (its id or name, any case)."""
+    return project_id_or_name.lower() in (project.id.lower(), project.name.lower())
 
 
 CallerProject = Annotated[Project, Depends(authenticated_project)]

@@ -23,7 +23,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from api_shim.deps import MAX_API_KEY_CHARS
+from api_shim.deps import MAX_API_KEY_CHARS, names_project
 from api_shim.routes_write import SMALL_BODY_BYTES
 from api_shim.state import AppState
 from writejobs.core.contract import parse_write_request
@@ -84,7 +84,7 @@ async def _accept(
     directory = state.dispatch.directory
     project = directory.cached_project_for_api_key(raw_key.decode("latin-1"))
     project_ref, integration_ref, object_name = match.groups()
-    if project is None or project_ref.lower() not in (project.id.lower(), project.name.lower()):
+    if project is None or not names_project(project, project_ref):
         return None
     try:
         write = parse_write_request(body)
