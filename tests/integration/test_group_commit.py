@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from tests.support.system import Tenant, create_tenant
@@ -165,3 +165,40 @@ def test_with_several_threads_every_write_is_committed_once(
         assert count(settings, Operation, [row["id"] for row in rows], "id") == THREADS
     finally:
         engine.dispose()
+
+
+def test_a_write_after_the_committers_connection_was_killed_is_still_committed(
+    owner: Tenant, settings: Settings
+) -> None:
+    if settings.database_url is None:
+        pytest.skip("a PostgreSQL server process to terminate")
+    name = f"wj-commit-{uuid.uuid4().hex[:8]}"
+    own = Settings(
+        **(
+            settings.model_dump()
+            | {"database_url": f"{settings.database_url}&application_name={name}"}
+        )
+    )
+    committer_engine, admin_engine = create_store_engine(own), create_store_engine(settings)
+    committer = GroupCommitter(create_session_factory(committer_engine))
+    try:
+        # given a committer that has committed, and so holds its connection between groups
+        committer.commit(operation(owner), [])
+        with admin_engine.connect() as admin:
+            killed = admin.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name = :n"
+                ),
+                {"n": name},
+            ).all()
+        assert killed, "the committer's connection was terminated"
+
+        # when the next writes arrive, then they are committed all the same
+        rows = [operation(owner) for _ in range(3)]
+        for row in rows:
+            committer.commit(row, [])
+        assert count(settings, Operation, [row["id"] for row in rows], "id") == 3
+    finally:
+        committer_engine.dispose()
+        admin_engine.dispose()

@@ -8,9 +8,13 @@ whatever arrived while the previous commit ran, in one transaction, and wakes
 them. A request still returns only once its own rows are committed.
 
 If a group's transaction fails, its writes are committed one by one, so one
-bad row fails only its own request. A write may carry idempotency-key rows: they
-commit with their operation, and a key already taken fails only its own write
-(with the `IntegrityError` its request looks for).
+bad row fails only its own request. Each committer thread keeps its connection
+from group to group (no pool checkout and pre-ping per commit); a failed group
+gives it up, so a connection the server dropped costs one retry, not a write.
+
+A write may carry idempotency-key rows: they commit with their operation, and a
+key already taken fails only its own write (with the `IntegrityError` its request
+looks for).
 """
 
 from __future__ import annotations
@@ -20,13 +24,16 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Table, insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from writejobs.store import idempotency_repo
+from writejobs.store.db import pinned_session
 from writejobs.store.tables import Operation, OperationLog
 
 log = logging.getLogger(__name__)
@@ -126,6 +133,12 @@ class GroupCommitter:
                 self._started = True
 
     def _run(self) -> None:
+        # One connection kept across groups: a pooled checkout per group costs the
+        # pool's pre-ping, a round trip, on every commit. A group that fails drops it
+        # (it may be the broken part), and its writes are retried one by one on fresh,
+        # pinged connections; a new one is pinned for the next group.
+        pinned = ExitStack()
+        session: Session | None = None
         while True:
             group = [self._queue.get()]
             while len(group) < MAX_GROUP:
@@ -133,43 +146,85 @@ class GroupCommitter:
                     group.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            self._commit_group(group)
+            if session is None:
+                session = _pin(pinned, self._sessions)
+            if session is not None:
+                committed = self._commit_group(group, session)
+            else:  # the store cannot be reached now: this group tries on its own
+                with self._sessions() as fresh:
+                    committed = self._commit_group(group, fresh)
+            if not committed and session is not None:
+                _unpin(pinned)
+                session = None
 
-    def _commit_group(self, group: list[_Ticket]) -> None:
+    def _commit_group(self, group: list[_Ticket], session: Session) -> bool:
+        """Commit the group's writes; False if its transaction failed (each write has
+        then been tried alone, and knows its fate)."""
         try:
-            self._write(group)
+            self._write(session, group)
         except Exception as exc:
-            if len(group) == 1:
+            _roll_back(session)
+            if len(group) == 1 and isinstance(exc, IntegrityError):  # the write itself
                 group[0].finish(exc)
-                return
-            log.warning("group commit of %d writes failed; committing them one by one", len(group))
+                return True
+            # Otherwise even a group of one tries again: what failed may be the kept
+            # connection (the server restarted, an idle timeout), not the write.
+            log.warning(
+                "group commit of %d writes failed (%s); committing them one by one",
+                len(group),
+                type(exc).__name__,
+            )
             for ticket in group:
                 try:
-                    self._write([ticket])
+                    with self._sessions() as alone:
+                        self._write(alone, [ticket])
                 except Exception as one:
                     ticket.finish(one)
                     continue
                 ticket.finish()
-            return
+            return False
         with self._count_lock:
             self.groups_committed += 1
         for ticket in group:
             ticket.finish()
+        return True
 
-    def _write(self, group: list[_Ticket]) -> None:
-        with self._sessions() as session:
-            # Keys first: on PostgreSQL a key another transaction holds waits here,
-            # before this group has written anything; in one order, so two API
-            # processes' groups never wait on each other's keys crosswise.
-            keys = sorted((row for t in group for row in t.keys), key=_key_of)
-            idempotency_repo.insert_keys(session, keys)
-            # One executemany per set of columns: rows leave out their unset columns
-            # (so the columns' defaults apply), and shapes set different ones.
-            for rows in _by_columns([t.operation for t in group]):
-                session.execute(insert(_OPERATIONS), rows)
-            for rows in _by_columns([row for t in group for row in t.logs]):
-                session.execute(insert(_LOGS), rows)
-            session.commit()
+    def _write(self, session: Session, group: list[_Ticket]) -> None:
+        # Keys first: on PostgreSQL a key another transaction holds waits here,
+        # before this group has written anything; in one order, so two API
+        # processes' groups never wait on each other's keys crosswise.
+        keys = sorted((row for t in group for row in t.keys), key=_key_of)
+        idempotency_repo.insert_keys(session, keys)
+        # One executemany per set of columns: rows leave out their unset columns
+        # (so the columns' defaults apply), and shapes set different ones.
+        for rows in _by_columns([t.operation for t in group]):
+            session.execute(insert(_OPERATIONS), rows)
+        for rows in _by_columns([row for t in group for row in t.logs]):
+            session.execute(insert(_LOGS), rows)
+        session.commit()
+
+
+def _pin(pinned: ExitStack, sessions: sessionmaker[Session]) -> Session | None:
+    try:
+        return pinned.enter_context(pinned_session(sessions))
+    except Exception:
+        log.debug("group commit could not pin a connection", exc_info=True)
+        return None
+
+
+def _unpin(pinned: ExitStack) -> None:
+    try:
+        pinned.close()
+    except Exception:
+        log.debug("closing a failed group commit's connection failed", exc_info=True)
+
+
+def _roll_back(session: Session) -> None:
+    """End a failed group's transaction; a connection that broke may fail this too."""
+    try:
+        session.rollback()
+    except Exception:
+        log.debug("rollback after a failed group commit failed as well", exc_info=True)
 
 
 def _by_columns(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
