@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api_shim.deps import MAX_API_KEY_CHARS, names_project
 from api_shim.routes_write import SMALL_BODY_BYTES
@@ -30,12 +31,6 @@ from writejobs.core.contract import parse_write_request
 from writejobs.intake.write import WriteTarget, accept_async_write
 
 log = logging.getLogger(__name__)
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 WRITE_PATH = re.compile(r"/v1/projects/([^/]+)/integrations/([^/]+)/objects/([^/]+)")
 # Larger bodies (explicit batches) go to the app, which parses them in a thread.

@@ -1,7 +1,9 @@
 """End to end: writejobs against what a team would build on Celery, in one run, one table.
 
 Each row starts its own system under test as real processes, sends N single-record
-creates from 16 client threads (4 spawned client processes), waits until every
+creates from 16 client threads (4 spawned client processes; the HTTP rows' clients
+use httpcore, httpx's own connection layer, at half httpx's CPU per request, so
+the load generator takes less of the cores the systems share), waits until every
 record is written at the provider and (for writejobs) its operation is terminal,
 then stops every process it started. The provider for every row is one
 `writejobs sandbox` process with injected latency (50 ms per create call, single

@@ -130,12 +130,19 @@ class Admission:
         return self.submit("op", op.id, Route(op.project_id, op.installation_id))
 
     def sender(self, kind: Kind) -> Callable[[str], None]:
-        """A `send(id)` for code that knows only ids (flushes, retries, sweeps)."""
+        """A `send(id)` for code that knows only ids (retries, sweeps)."""
 
         def send(target_id: str) -> None:
             self.submit(kind, target_id)
 
         return send
+
+    def submit_batch_of(self, batch_id: str, installation_id: str) -> None:
+        """Submit a batch whose installation the caller knows (a flush: its group names
+        it), so its route comes from the installation cache, not a query per batch."""
+        known = self._installation(installation_id)
+        route = None if known is None else Route(known.project_id, installation_id)
+        self.submit("batch", batch_id, route)
 
     def submit(self, kind: Kind, target_id: str, route: Route | None = None) -> str:
         """Send now, or wait in the installation's ready set: "sent", "waiting" (it

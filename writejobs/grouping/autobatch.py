@@ -28,7 +28,7 @@ from writejobs.core.ids import new_id
 from writejobs.core.operations import Routed
 from writejobs.core.recorder import NoRecorder, Recorder
 from writejobs.failpoints import no_failpoint
-from writejobs.grouping.keys import BATCH_LIMIT, Keys, group_key
+from writejobs.grouping.keys import BATCH_LIMIT, Keys, group_key, installation_of
 from writejobs.store import operations_repo
 from writejobs.store.tables import Operation
 
@@ -80,10 +80,14 @@ class AutoBatcher:
         orphan_grace_s: float = 30.0,
         failpoint: Callable[[str], None] = no_failpoint,
         recorder: Recorder | None = None,
+        send_flushed: Callable[[str, str], None] | None = None,
     ) -> None:
         self.redis = client
         self.sessions = sessions
         self.send_batch = send_batch
+        # send_flushed(batch id, installation id): a flush knows the batch's installation
+        # (its group names it), which spares the sender a lookup; else `send_batch`.
+        self.send_flushed = send_flushed or (lambda batch_id, _installation: send_batch(batch_id))
         self.keys = keys or Keys()
         self.clock = clock
         self.batch_limit = batch_limit
@@ -183,7 +187,7 @@ class AutoBatcher:
             )
             session.commit()
         self.failpoint("flush.before_send")
-        self.send_batch(claim.batch_id)
+        self.send_flushed(claim.batch_id, installation_of(claim.group))
         pipe = self.redis.pipeline(transaction=False)
         pipe.zrem(self.keys.unsent, self.keys.batch(claim.batch_id))
         # Kept a day for metrics and debugging; SQL holds the batch for good.

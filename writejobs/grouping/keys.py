@@ -82,3 +82,8 @@ class Keys:
 def group_key(installation_id: str, object_name: str, write_type: str) -> str:
     """The installation id already pins project, integration and groupRef."""
     return f"{installation_id}|{object_name}|{write_type}"
+
+
+def installation_of(group: str) -> str:
+    """The installation a `group_key` names."""
+    return group.split("|", 1)[0]

@@ -127,6 +127,7 @@ def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
         orphan_grace_s=settings.orphan_grace_s,
         failpoint=failpoint,
         recorder=metrics,
+        send_flushed=admission.submit_batch_of,
     )
     directory = TenantDirectory(deps.sessions)
     committer = GroupCommitter(deps.sessions, threads=settings.effective_commit_threads)

@@ -28,11 +28,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Table
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from writejobs.store import idempotency_repo
+from writejobs.store.bulk_insert import insert_rows
 from writejobs.store.db import pinned_session
 from writejobs.store.tables import Operation, OperationLog
 
@@ -195,12 +196,8 @@ class GroupCommitter:
         # processes' groups never wait on each other's keys crosswise.
         keys = sorted((row for t in group for row in t.keys), key=_key_of)
         idempotency_repo.insert_keys(session, keys)
-        # One executemany per set of columns: rows leave out their unset columns
-        # (so the columns' defaults apply), and shapes set different ones.
-        for rows in _by_columns([t.operation for t in group]):
-            session.execute(insert(_OPERATIONS), rows)
-        for rows in _by_columns([row for t in group for row in t.logs]):
-            session.execute(insert(_LOGS), rows)
+        insert_rows(session, _OPERATIONS, [t.operation for t in group])
+        insert_rows(session, _LOGS, [row for t in group for row in t.logs])
         session.commit()
 
 
@@ -225,13 +222,6 @@ def _roll_back(session: Session) -> None:
         session.rollback()
     except Exception:
         log.debug("rollback after a failed group commit failed as well", exc_info=True)
-
-
-def _by_columns(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(tuple(sorted(row)), []).append(row)
-    return list(groups.values())
 
 
 def _key_of(row: dict[str, Any]) -> tuple[str, str]:

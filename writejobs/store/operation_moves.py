@@ -23,7 +23,6 @@ from sqlalchemy import (
     bindparam,
     event,
     false,
-    insert,
     or_,
     select,
     true,
@@ -34,6 +33,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from writejobs.core.operations import ALLOWED_FROM, TERMINAL, State
 from writejobs.core.recorder import Recorder
 from writejobs.store import webhook_outbox
+from writejobs.store.bulk_insert import insert_rows
+from writejobs.store.id_sets import among
 from writejobs.store.tables import Operation, OperationLog
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def assign_batch_ids(
     """
     fields = {"batch_id": batch_id, "flush_reason": reason}
     pending = frozenset({State.PENDING})
-    which = Operation.id.in_(operation_ids)
+    which = among(session, Operation.id, operation_ids)
     return _move(session, which, State.QUEUED, now, None, pending, fields)
 
 
@@ -293,8 +294,7 @@ def deferred(session: Session, *, moves: bool = True) -> Iterator[None]:
         yield
     finally:
         session.info.pop(_DEFERRED, None)
-    if pending.logs:
-        session.execute(insert(_LOGS), pending.logs)
+    insert_rows(session, _LOGS, pending.logs)
     kinds: dict[tuple[Any, ...], list[_Move]] = {}
     for move in pending.moves or []:
         kind = (

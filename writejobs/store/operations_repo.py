@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from writejobs.core.operations import TERMINAL, State
 
 # The state machine's moves live in operation_moves; callers reach them through here too.
+from writejobs.store.bulk_insert import insert_rows
 from writejobs.store.operation_moves import _may_enter, defer_log
 from writejobs.store.operation_moves import assign_batch as assign_batch
 from writejobs.store.operation_moves import assign_batch_ids as assign_batch_ids
@@ -120,7 +121,7 @@ def add_logs(session: Session, rows: list[dict[str, Any]]) -> None:
         for row in filled:
             row["details"] = {k: str(v) for k, v in row["details"].items()}
         if not all(defer_log(session, row) for row in filled):
-            session.execute(insert(_LOGS), filled)
+            insert_rows(session, _LOGS, filled)
 
 
 def list_logs(session: Session, operation_id: str) -> list[OperationLog]:
