@@ -16,7 +16,7 @@ SQLAlchemy's (`IntegrityError` for a duplicate key), as an INSERT's would be.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Any
 
@@ -39,11 +39,11 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
     driver = connection.connection.driver_connection
     assert isinstance(driver, psycopg.Connection)
     statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
-    values = [(name, _Value(table, name)) for name in columns]
+    plan = _plan(table, columns)
     try:
         with driver.cursor() as cursor, cursor.copy(statement) as copy:
             for row in rows:
-                copy.write_row([value(row, name) for name, value in values])
+                copy.write_row(_row(plan, row))
     except psycopg.Error as exc:
         raise DBAPIError.instance(
             statement, None, exc, psycopg.Error, hide_parameters=True
@@ -71,27 +71,45 @@ def _columns(table: Table, rows: Sequence[dict[str, Any]]) -> list[str]:
     return list(named)
 
 
-class _Value:
-    """A row's value for one column, as COPY's text format takes it."""
-
-    def __init__(self, table: Table, name: str) -> None:
+def _plan(table: Table, columns: list[str]) -> list[tuple[str, Callable[[Any], Any], Any]]:
+    """Per column: its name, how a value converts for COPY, and what a row without
+    it gets (a callable default is called per such row)."""
+    plan: list[tuple[str, Callable[[Any], Any], Any]] = []
+    for name in columns:
         column = table.columns[name]
-        self.is_json = isinstance(column.type, JSON)
-        self.has_default = column.default is not None
-        self.default: Any = getattr(column.default, "arg", None)
-        # SQLAlchemy wraps a callable default (`default=dict`) to take a context.
-        self.callable_default = bool(getattr(column.default, "is_callable", False))
-
-    def __call__(self, row: dict[str, Any], name: str) -> Any:
-        if name in row:
-            value = row[name]
-        elif self.has_default:
-            value = self.default(None) if self.callable_default else self.default
+        convert = json.dumps if isinstance(column.type, JSON) else _plain
+        default = column.default
+        if default is None:
+            plan.append((name, convert, _NULL))
+        elif getattr(default, "is_callable", False):
+            # SQLAlchemy wraps a callable default (`default=dict`) to take a context.
+            plan.append((name, convert, default.arg))  # type: ignore[attr-defined]
         else:
-            return None
-        if self.is_json:
-            # As SQLAlchemy's JSON type stores it: None too is the JSON `null`.
-            return json.dumps(value)
-        if isinstance(value, Enum):
-            return value.value
-        return value
+            plan.append((name, convert, convert(getattr(default, "arg", None))))
+    return plan
+
+
+def _plain(value: Any) -> Any:
+    # psycopg would dump an Enum by its name; SQLAlchemy's INSERT binds its value.
+    return value.value if isinstance(value, Enum) else value
+
+
+class _Null:
+    """What a row that leaves out a column without a Python-side default gets: NULL."""
+
+
+_NULL = _Null()
+
+
+def _row(plan: list[tuple[str, Callable[[Any], Any], Any]], row: dict[str, Any]) -> list[Any]:
+    values: list[Any] = []
+    for name, convert, missing in plan:
+        if name in row:
+            values.append(convert(row[name]))
+        elif missing is _NULL:
+            values.append(None)
+        elif callable(missing):
+            values.append(convert(missing(None)))
+        else:
+            values.append(missing)
+    return values
