@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 from writejobs.intake.directory import TtlCache
 
 
@@ -67,3 +70,31 @@ def test_storing_a_key_again_replaces_its_weight() -> None:
     clock.now += 6
     cache.get("key", lambda: "b")
     assert (len(cache), cache.weight_bytes) == (1, weight)
+
+
+def test_a_peek_near_the_end_of_an_entrys_life_renews_it_in_the_background() -> None:
+    clock = FakeClock()
+    cache: TtlCache[str] = TtlCache(5.0, clock=clock)
+    cache.get("key", lambda: "v1")
+    reloaded = threading.Event()
+
+    def reload() -> str:
+        reloaded.set()
+        return "v2"
+
+    # early in its life a peek renews nothing
+    clock.now += 3.0
+    assert cache.peek("key", reload) == (True, "v1")
+    assert not reloaded.wait(0.2)
+    # in its last fifth it is still served, and reloaded by a thread
+    clock.now += 1.5
+    assert cache.peek("key", reload) == (True, "v1")
+    assert reloaded.wait(5)
+    deadline = time.monotonic() + 5
+    while cache.peek("key") != (True, "v2") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # renewed for a whole TTL from the reload: past the old expiry it still answers
+    clock.now += 4.0
+    assert cache.peek("key") == (True, "v2")
+    clock.now += 1.1
+    assert cache.peek("key") == (False, None)

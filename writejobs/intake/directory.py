@@ -4,11 +4,15 @@ Every write needs the caller's project, the integration and the installation;
 reading them from SQL on every request cost more than the write itself. They
 change rarely, so each answer is kept for `ttl_s` seconds (5 by default): a key
 revoked or a deletion setting changed takes effect within that time. Each cache
-is bounded in bytes and drops expired entries as it goes (`TtlCache`).
+is bounded in bytes and drops expired entries as it goes (`TtlCache`). The
+intake's fast lane only peeks (it runs on the event loop); its peeks renew an
+entry in use shortly before it lapses, so the lane does not hand every request
+to the app for a moment every five seconds.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -21,6 +25,9 @@ from writejobs.store import tenants_repo
 from writejobs.store.tables import Installation, Integration, Project
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+# An entry this close to lapsing (a share of the TTL) is reloaded ahead on a peek.
+REFRESH_AHEAD_SHARE = 0.2
 
 
 class TtlCache(Generic[T]):
@@ -51,6 +58,7 @@ class TtlCache(Generic[T]):
         self._entries: dict[Hashable, tuple[float, T | None, int]] = {}
         self._weight_bytes = 0
         self._lock = threading.Lock()
+        self._refreshing: set[Hashable] = set()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -60,19 +68,34 @@ class TtlCache(Generic[T]):
         """What the entries held weigh, by the estimate the budget is kept in."""
         return self._weight_bytes
 
-    def peek(self, key: Hashable) -> tuple[bool, T | None]:
-        """(True, value) for a live entry, (False, None) when it must be loaded."""
+    def peek(
+        self, key: Hashable, refresh: Callable[[], T | None] | None = None
+    ) -> tuple[bool, T | None]:
+        """(True, value) for a live entry, (False, None) when it must be loaded.
+
+        With `refresh`, a live entry in the last fifth of its life is reloaded by a
+        thread of its own (one at a time per key), so an entry in steady use is
+        renewed before it lapses and an event loop that may only peek never finds
+        it gone. What is served is still never older than the TTL.
+        """
         with self._lock:
             hit = self._entries.get(key)
-        if hit is not None and hit[0] > self._clock():
-            return True, hit[1]
-        return False, None
+        now = self._clock()
+        if hit is None or hit[0] <= now:
+            return False, None
+        if refresh is not None and hit[0] - now < self.ttl_s * REFRESH_AHEAD_SHARE:
+            self._refresh_soon(key, refresh)
+        return True, hit[1]
 
     def get(self, key: Hashable, load: Callable[[], T | None]) -> T | None:
         found, cached = self.peek(key)
         if found:
             return cached
         value = load()
+        self._store(key, value)
+        return value
+
+    def _store(self, key: Hashable, value: T | None) -> None:
         weight = self.entry_bytes + _key_bytes(key)
         with self._lock:
             now = self._clock()
@@ -82,7 +105,23 @@ class TtlCache(Generic[T]):
             self._entries[key] = (now + self.ttl_s, value, weight)
             self._weight_bytes += weight
             self._evict(now)
-        return value
+
+    def _refresh_soon(self, key: Hashable, load: Callable[[], T | None]) -> None:
+        with self._lock:
+            if key in self._refreshing:
+                return
+            self._refreshing.add(key)
+
+        def refresh() -> None:
+            try:
+                self._store(key, load())
+            except Exception:  # the entry lapses as it would have; a request loads it
+                log.warning("a tenant directory refresh failed", exc_info=True)
+            finally:
+                with self._lock:
+                    self._refreshing.discard(key)
+
+        threading.Thread(target=refresh, name="directory-refresh", daemon=True).start()
 
     def _evict(self, now: float) -> None:
         while self._entries:
@@ -116,8 +155,12 @@ class TenantDirectory:
         )
 
     def cached_project_for_api_key(self, plain_key: str) -> Project | None:
-        """The project, only if the cache already holds it: no SQL, so an event loop may call it."""
-        return self._projects.peek(tenants_repo.hash_api_key(plain_key))[1]
+        """The project, only if the cache already holds it: no SQL, so an event loop may
+        call it (an entry about to lapse is reloaded in a thread)."""
+        key_hash = tenants_repo.hash_api_key(plain_key)
+        return self._projects.peek(
+            key_hash, lambda: self._load(lambda s: tenants_repo.project_for_api_key(s, plain_key))
+        )[1]
 
     def integration(self, project_id: str, id_or_name: str) -> Integration | None:
         return self._integrations.get(
@@ -136,12 +179,23 @@ class TenantDirectory:
     def knows(self, project_id: str, integration_id_or_name: str, group_ref: str) -> bool:
         """Whether a write's route is answered from the cache alone (no SQL): an event
         loop may then route it itself. A cached miss counts: it answers 404 at once."""
-        found, integration = self._integrations.peek((project_id, integration_id_or_name))
+        found, integration = self._integrations.peek(
+            (project_id, integration_id_or_name),
+            lambda: self._load(
+                lambda s: tenants_repo.find_integration(s, project_id, integration_id_or_name)
+            ),
+        )
         if not found:
             return False
         if integration is None:
             return True
-        return self._installations.peek((integration.id, group_ref))[0]
+        integration_id = integration.id
+        return self._installations.peek(
+            (integration_id, group_ref),
+            lambda: self._load(
+                lambda s: tenants_repo.find_installation(s, integration_id, group_ref)
+            ),
+        )[0]
 
     def _load(self, query: Callable[[Session], T | None]) -> T | None:
         with self.sessions() as session:
