@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from writejobs.core import json_input
 from writejobs.core.json_input import MAX_DEPTH, load_json, shown
 from writejobs.errors import ContractError
 
@@ -66,3 +67,21 @@ def test_a_long_key_is_quoted_by_a_short_prefix_only() -> None:
 def test_shown_cuts_a_long_value_and_says_how_long_it_was() -> None:
     assert shown("short") == "'short'"
     assert shown("x" * 10_000) == "'" + "x" * 59 + "… (10000 characters)"
+
+
+@pytest.mark.parametrize(
+    ("body", "harmless"),
+    [
+        (b'{"groupRef": "g", "record": {"email": "a@example.com", "n": 12, "x": 1.5e10}}', True),
+        ('{"name": "Zoë"}'.encode(), True),
+        (b'{"x": "\\u00e9"}', False),  # any escape: walked
+        (b'{"x": 1e400}', False),
+        (b"[" * 33 + b"]" * 33, False),
+        (b'{"x": ' + b"9" * 101 + b"}", False),
+        ('{"x": 1}'.encode("utf-16"), False),
+    ],
+)
+def test_only_bodies_that_cannot_hold_a_refused_value_skip_the_walk(
+    body: bytes, harmless: bool
+) -> None:
+    assert json_input._surely_harmless(body, json_input.MAX_DEPTH) is harmless

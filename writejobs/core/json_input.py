@@ -13,6 +13,7 @@ operation exists.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from math import isfinite
 from typing import Any
@@ -25,6 +26,11 @@ MAX_DEPTH = 32
 # More than any integer a CRM field holds (Salesforce: 18 digits).
 MAX_INTEGER_DIGITS = 100
 _INTEGER_LIMIT = 10**MAX_INTEGER_DIGITS
+# Digits enough for an integer past the limit, an exponent of three digits, or a
+# surrogate's own UTF-8 bytes (json.loads decodes bytes with "surrogatepass").
+_SUSPECT_BYTES = re.compile(
+    rb"[0-9]{%d}|[eE][+-]?[0-9]{3}|\xed[\xa0-\xbf]" % (MAX_INTEGER_DIGITS + 1)
+)
 # How much of a caller's value an error message quotes.
 SHOWN_CHARS = 60
 
@@ -57,8 +63,23 @@ def load_json(body: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     except ValueError:
         # int() refusing a literal past its digit limit (4,300) is the one other ValueError.
         raise ContractError(_too_many_digits()) from None
-    _check_tree(document, max_depth)
+    if not _surely_harmless(body, max_depth):
+        _check_tree(document, max_depth)
     return document
+
+
+def _surely_harmless(body: bytes, max_depth: int) -> bool:
+    """Whether `body` cannot hold what `_check_tree` looks for, by a few C-speed scans
+    of the bytes (most write bodies are a small record): too few brackets to nest
+    `max_depth` deep; no `\\u` escape and no surrogate's bytes (the two ways to a
+    lone surrogate); no run of digits or exponent long enough for an integer or a
+    float out of bounds. Any doubt, and the parsed tree is walked."""
+    return (
+        b"\x00" not in body[:4]  # UTF-8 (json.loads would detect UTF-16 or 32 by NULs)
+        and body.count(b"[") + body.count(b"{") <= max_depth
+        and b"\\u" not in body
+        and _SUSPECT_BYTES.search(body) is None
+    )
 
 
 def _refuse_constant(name: str) -> Any:
