@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -180,7 +181,8 @@ def test_a_write_after_the_committers_connection_was_killed_is_still_committed(
         )
     )
     committer_engine, admin_engine = create_store_engine(own), create_store_engine(settings)
-    committer = GroupCommitter(create_session_factory(committer_engine))
+    # Idle for a minute before it gives the connection back: the kill finds it held.
+    committer = GroupCommitter(create_session_factory(committer_engine), idle_s=60)
     try:
         # given a committer that has committed, and so holds its connection between groups
         committer.commit(operation(owner), [])
@@ -202,3 +204,18 @@ def test_a_write_after_the_committers_connection_was_killed_is_still_committed(
     finally:
         committer_engine.dispose()
         admin_engine.dispose()
+
+
+def test_an_idle_committer_gives_its_connection_back(settings: Settings, owner: Tenant) -> None:
+    engine = create_store_engine(settings)
+    committer = GroupCommitter(create_session_factory(engine), idle_s=0.2)
+    try:
+        committer.commit(operation(owner), [])
+        deadline = time.monotonic() + 10
+        while engine.pool.checkedout() and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.05)
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        # and it takes one again for the next write
+        committer.commit(operation(owner), [])
+    finally:
+        engine.dispose()

@@ -9,8 +9,9 @@ them. A request still returns only once its own rows are committed.
 
 If a group's transaction fails, its writes are committed one by one, so one
 bad row fails only its own request. Each committer thread keeps its connection
-from group to group (no pool checkout and pre-ping per commit); a failed group
-gives it up, so a connection the server dropped costs one retry, not a write.
+from group to group (no pool checkout and pre-ping per commit) and gives it back
+after a second with nothing to commit; a failed group gives it up, so a
+connection the server dropped costs one retry, not a write.
 
 A write may carry idempotency-key rows: they commit with their operation, and a
 key already taken fails only its own write (with the `IntegrityError` its request
@@ -43,6 +44,8 @@ _OPERATIONS: Table = Operation.__table__  # type: ignore[assignment]
 _LOGS: Table = OperationLog.__table__  # type: ignore[assignment]
 # Enough to take every request thread's write at once (anyio's pool has 40).
 MAX_GROUP = 256
+# A committer thread that has had nothing to commit this long gives its connection back.
+IDLE_UNPIN_S = 1.0
 
 
 @dataclass(slots=True)
@@ -76,11 +79,14 @@ class GroupCommitter:
     building one (a Celery prefork worker) never copies a running thread.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], *, threads: int = 1) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], *, threads: int = 1, idle_s: float = IDLE_UNPIN_S
+    ) -> None:
         if threads < 1:
             raise ValueError(f"a group committer has at least one thread, not {threads}")
         self._sessions = sessions
         self._threads = threads
+        self._idle_s = idle_s
         self._queue: queue.SimpleQueue[_Ticket] = queue.SimpleQueue()
         self._start_lock = threading.Lock()
         self._started = False
@@ -137,11 +143,19 @@ class GroupCommitter:
         # One connection kept across groups: a pooled checkout per group costs the
         # pool's pre-ping, a round trip, on every commit. A group that fails drops it
         # (it may be the broken part), and its writes are retried one by one on fresh,
-        # pinged connections; a new one is pinned for the next group.
+        # pinged connections; a new one is pinned for the next group. An idle
+        # committer gives its connection back, so a quiet process holds none (and a
+        # committer nobody uses any more, none for good).
         pinned = ExitStack()
         session: Session | None = None
         while True:
-            group = [self._queue.get()]
+            try:
+                first = self._queue.get(timeout=None if session is None else self._idle_s)
+            except queue.Empty:
+                _unpin(pinned)
+                session = None
+                continue
+            group = [first]
             while len(group) < MAX_GROUP:
                 try:
                     group.append(self._queue.get_nowait())
