@@ -72,6 +72,8 @@ from e2e_systems import (  # noqa: E402
     wait_http,
     writejobs_system,
 )
+from service_cpu import ProcessKey, ServiceProcess, client_ports, snapshot, spent  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
 
 from tests.support.system import ChildProcess, start_child  # noqa: E402
 from writejobs.settings import Settings  # noqa: E402
@@ -125,6 +127,8 @@ class Result:
     cpu_ms: float = float("nan")
     # CPU ms per record of each piece (api, worker, scheduler, …).
     cpu_ms_by_piece: dict[str, float] = field(default_factory=dict)
+    # CPU ms per record of the shared services (bench/service_cpu.py: postgres, redis).
+    service_ms: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -239,7 +243,8 @@ def run_row(env: Env, label: str, factory: RowFactory, args: argparse.Namespace)
 
 def measure(env: Env, system: System, args: argparse.Namespace, result: Result) -> None:
     n = args.records
-    submitted, cpu_start = submit_all(system, args, tag=f"{env.run_id}{uuid.uuid4().hex[:4]}")
+    tag = f"{env.run_id}{uuid.uuid4().hex[:4]}"
+    submitted, cpu_start, services_start = submit_all(system, args, tag=tag)
     accepted = {key: at for part in submitted for key, at in part.answered}
     errors = [error for part in submitted for error in part.errors]
     first_start = min(part.first_start for part in submitted)
@@ -257,7 +262,15 @@ def measure(env: Env, system: System, args: argparse.Namespace, result: Result) 
         if now_done != done:
             done, last_change = now_done, time.monotonic()
     cpu_now = cpu_by_piece(system.processes)
+    services_now = snapshot()
     cpu_used = sum(cpu_now.values()) - sum(cpu_start.values())
+    server_port = make_url(env.database_url).port or 5432
+    services = spent(
+        services_start,
+        services_now,
+        system_ports=client_ports([p.process.pid for p in system.processes], server_port),
+        poll_backend_pid=system.poll_backend_pid,
+    )
 
     times = system.done_times()
     latencies = sorted(times[key] - at for key, at in accepted.items() if key in times)
@@ -275,6 +288,9 @@ def measure(env: Env, system: System, args: argparse.Namespace, result: Result) 
             name: (seconds - cpu_start.get(name, 0.0)) * 1000 / len(latencies)
             for name, seconds in cpu_now.items()
         }
+        result.service_ms = {
+            name: seconds * 1000 / len(latencies) for name, seconds in services.items()
+        }
     problems = []
     if errors:
         problems.append(f"{len(errors)} client thread(s) stopped: {errors[0]}")
@@ -286,8 +302,9 @@ def measure(env: Env, system: System, args: argparse.Namespace, result: Result) 
 
 def submit_all(
     system: System, args: argparse.Namespace, tag: str
-) -> tuple[list[Submitted], dict[str, float]]:
-    """Every record submitted by the client processes; and the system's CPU at the start."""
+) -> tuple[list[Submitted], dict[str, float], dict[ProcessKey, ServiceProcess]]:
+    """Every record submitted by the client processes; and the system's CPU and the
+    shared services' at the start."""
     ctx = multiprocessing.get_context("spawn")
     threads = [list(range(t, args.records, args.clients)) for t in range(args.clients)]
     per_process = [threads[p :: args.client_processes] for p in range(args.client_processes)]
@@ -302,6 +319,7 @@ def submit_all(
         for _ in clients:
             ready.get(timeout=120)
         cpu_start = cpu_by_piece(system.processes)
+        services_start = snapshot()
         go.set()
         collected: list[Submitted] = []
         while len(collected) < len(clients):
@@ -310,7 +328,7 @@ def submit_all(
             except Exception:  # queue.Empty: check that the clients are still there
                 if not any(client.is_alive() for client in clients):
                     raise RuntimeError("a client process died before reporting") from None
-        return collected, cpu_start
+        return collected, cpu_start, services_start
     finally:
         for client in clients:
             if client.is_alive():
@@ -340,6 +358,13 @@ def print_table(results: list[tuple[str, Result]], n: int) -> None:
     for _name, r in results:
         pieces = ", ".join(f"{piece} {ms:.2f}" for piece, ms in sorted(r.cpu_ms_by_piece.items()))
         print(f"  {r.label:<32} {pieces}")
+    print(
+        "\nCPU ms per record of the shared services (not the row's children; PostgreSQL by "
+        "whom each server process served, Redis the whole server's)"
+    )
+    for _name, r in results:
+        if r.service_ms:
+            print(f"  {r.label:<32} {service_line(r.service_ms)}")
     by_name = dict(results)
     print(f"\nratios of end-to-end records/s (targets printed, not asserted; N = {n:,})")
     checks = [
@@ -363,6 +388,13 @@ def print_table(results: list[tuple[str, Result]], n: int) -> None:
             f"  {by_name['wj-auto'].label} CPU per record: {cpu:.2f} ms "
             f"(target <= 0.6 ms: {verdict})"
         )
+
+
+def service_line(ms: dict[str, float]) -> str:
+    parts = ", ".join(
+        f"{who} {ms[f'postgres {who}']:.2f}" for who in ("system", "bench polling", "other")
+    )
+    return f"postgres {ms['postgres']:.2f} ({parts}), redis {ms['redis']:.2f}"
 
 
 if __name__ == "__main__":

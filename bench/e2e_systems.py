@@ -60,6 +60,8 @@ class System:
     processes: list[ChildProcess]
     done_count: Callable[[], int]
     done_times: Callable[[], dict[str, float]]  # record key -> epoch s it was written
+    # The PostgreSQL backend of the bench's own polling connection (bench/service_cpu.py).
+    poll_backend_pid: int | None = None
 
 
 def free_port() -> int:
@@ -232,7 +234,7 @@ def writejobs_system(env: Env, row: str, *, auto_batch: bool) -> Iterator[System
             body=body,
             headers={"X-Api-Key": tenant.api_key},
         )
-        yield System(spec, processes, done_count, done_times)
+        yield System(spec, processes, done_count, done_times, conn.info.backend_pid)
     finally:
         stop_all(processes)
         if conn is not None:
