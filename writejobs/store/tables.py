@@ -91,13 +91,29 @@ class Installation(Base):
     created_at: Mapped[datetime]
 
 
+# The states `ix_operations_state` holds on PostgreSQL: those its readers ask for.
+STATE_INDEXED: tuple[str, ...] = ("pending", "queued", "running", "retrying", "expired")
+
+
 class Operation(Base):
     """One accepted write and everything known about its outcome."""
 
     __tablename__ = "operations"
+    # Every move of state is an UPDATE of an indexed column, so never a HOT update: each
+    # adds an entry to every index whose predicate the new row meets. Indexes that serve
+    # a small part of the table are partial, so the common moves skip them.
     __table_args__ = (
         Index("ix_operations_installation_created", "installation_id", "created_at", "id"),
-        Index("ix_operations_state", "state"),
+        # The sweeps, the watchdog, the fleet's counts and the state metric read it, and
+        # each asks for unfinished states (the metric for `expired` too): on PostgreSQL it
+        # holds only those, so the move that ends an operation well, nearly every one,
+        # adds no entry. SQLite keeps it whole: its planner takes a partial index only
+        # for a term it finds written in the predicate, and `state IN (…)` is none.
+        Index(
+            "ix_operations_state",
+            "state",
+            postgresql_where=text(f"state IN ({', '.join(repr(s) for s in STATE_INDEXED)})"),
+        ),
         # The console's filters (store/console_queries.py): one keyset range per state.
         Index(
             "ix_operations_installation_state_created",
@@ -123,7 +139,21 @@ class Operation(Base):
         ),
         # Dead letters across a project's installations (store/dead_letters.py).
         Index("ix_operations_project_state_created", "project_id", "state", "created_at", "id"),
-        Index("ix_operations_replay_of", "replay_of", unique=True),
+        # Both are looked up by value only (a batch's members, an original's replay), so
+        # the operations without one, most of them, are left out.
+        Index(
+            "ix_operations_replay_of",
+            "replay_of",
+            unique=True,
+            postgresql_where=text("replay_of IS NOT NULL"),
+            sqlite_where=text("replay_of IS NOT NULL"),
+        ),
+        Index(
+            "ix_operations_batch_id",
+            "batch_id",
+            postgresql_where=text("batch_id IS NOT NULL"),
+            sqlite_where=text("batch_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -147,7 +177,7 @@ class Operation(Base):
     results: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
     errors: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     result_summary: Mapped[str | None] = mapped_column(Text, default=None)
-    batch_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
+    batch_id: Mapped[str | None] = mapped_column(String(36), default=None)
     flush_reason: Mapped[str | None] = mapped_column(String(10), default=None)
     # Every operation has one: after it the watchdog ends whatever is unfinished.
     deadline_at: Mapped[datetime]
