@@ -228,7 +228,11 @@ class OperationLog(Base):
     __table_args__ = (Index("ix_operation_logs_operation", "operation_id", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    operation_id: Mapped[str] = mapped_column(ForeignKey("operations.id"))
+    # No foreign key: its check cost each line about what the insert did, and guarded
+    # nothing a reader sees. A line is read only through its operation (found first,
+    # in the caller's project), is written by code holding that operation, and
+    # operations are never deleted (migration 0013).
+    operation_id: Mapped[str] = mapped_column(String(36))
     timestamp: Mapped[datetime]
     severity: Mapped[str] = mapped_column(String(10))
     msg: Mapped[str] = mapped_column(Text)
