@@ -26,7 +26,10 @@ was written: for writejobs its operation's terminal `updateTime`, for the Celery
 rows the time the task stamped it after the provider answered); CPU ms per
 record (user + system of every process of the system under test, children
 included, from the moment the clients start to the last record, over N); then
-the ratios and the targets (printed, not asserted).
+the CPU per record of the shared services the row used but did not start
+(`service_cpu.py`: PostgreSQL, split into the backends serving the row's
+processes, the bench's own polling and the rest; Redis, the whole server's);
+then the ratios and the targets (printed, not asserted).
 
 Stores: Redis at `--redis-url` (default 127.0.0.1:6379 db 11; only the run's
 own keys are removed) and PostgreSQL at `--database-url` (default
