@@ -132,7 +132,7 @@ def seed(dialect: str, sessions: object, ids: tuple[str, str, str], rows: int) -
     columns = (
         "id, project_id, integration_id, installation_id, config_id, object_name, write_type, "
         "mode, shape, request, state, attempts, record_count, success_count, failure_count, "
-        "backoff_failures, created_at, updated_at"
+        "backoff_failures, created_at, updated_at, deadline_at"
     )
     if dialect == "postgresql":
         statement = f"""
@@ -141,7 +141,8 @@ def seed(dialect: str, sessions: object, ids: tuple[str, str, str], rows: int) -
                    ({objects})[1 + n % {len(OBJECTS)}], 'create', 'asynchronous', 'single',
                    '{{}}', ({states})[1 + n % {len(STATES)}], 1, 1, 1, 0, 0,
                    TIMESTAMPTZ '2026-01-01 00:00:00+00' + n * INTERVAL '1 second',
-                   TIMESTAMPTZ '2026-01-01 00:00:00+00' + n * INTERVAL '1 second'
+                   TIMESTAMPTZ '2026-01-01 00:00:00+00' + n * INTERVAL '1 second',
+                   TIMESTAMPTZ '2026-01-01 01:00:00+00' + n * INTERVAL '1 second'
             FROM generate_series(1, {rows}) AS n"""
         script = [statement, "ANALYZE operations"]
     else:
@@ -154,7 +155,8 @@ def seed(dialect: str, sessions: object, ids: tuple[str, str, str], rows: int) -
                    CASE v % {len(OBJECTS)} {object_case} END, 'create', 'asynchronous', 'single',
                    '{{}}', CASE v % {len(STATES)} {state_case} END, 1, 1, 1, 0, 0,
                    strftime('%Y-%m-%d %H:%M:%f', '2026-01-01', '+' || v || ' seconds'),
-                   strftime('%Y-%m-%d %H:%M:%f', '2026-01-01', '+' || v || ' seconds')
+                   strftime('%Y-%m-%d %H:%M:%f', '2026-01-01', '+' || v || ' seconds'),
+                   strftime('%Y-%m-%d %H:%M:%f', '2026-01-01 01:00', '+' || v || ' seconds')
             FROM n"""
         script = [statement, "ANALYZE"]
     with sessions() as session:  # type: ignore[operator]
