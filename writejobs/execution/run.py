@@ -24,7 +24,7 @@ from writejobs.execution.crash import end_crashed, is_transient
 from writejobs.execution.deps import ExecutionDeps
 from writejobs.execution.gate import WAITING, admit_operation
 from writejobs.execution.repeats import natural_key, note_takeover
-from writejobs.execution.settle import Attempt, indices_to_try, settle
+from writejobs.execution.settle import Attempt, ends_the_write, indices_to_try, settle
 from writejobs.providers.base import (
     RecordResult,
     WriteItem,
@@ -32,7 +32,7 @@ from writejobs.providers.base import (
     WriteType,
 )
 from writejobs.store import operations_repo, worker_reads
-from writejobs.store.db import pinned_session
+from writejobs.store.db import pinned_session, statements_alone
 from writejobs.store.tables import Installation, Operation
 
 log = logging.getLogger(__name__)
@@ -106,18 +106,20 @@ def start_attempt(
 ) -> bool:
     """Take the operation for one attempt (compare-and-set into `running`), committed.
 
-    `op` is refreshed from the same statement. With `started`, its "attempt started"
-    log line (details from the taken row) commits with the move: one transaction.
+    `op` becomes the row as taken (`take_operation`). With `started`, its "attempt
+    started" log line (details from `op` as read, which the move takes only unchanged)
+    commits with the move, in its statement on PostgreSQL.
     """
-    taken = operations_repo.take_operation(
-        session, op.id, now=now, lease_s=deps.settings.running_lease_s
-    )
-    if taken is not None and started is not None:
-        operations_repo.add_log(session, op.id, "attempt started", now=now, details=started(op))
-    session.commit()
-    if taken is not None:
+    line = None
+    if started is not None:
+        line = operations_repo.log_row(op.id, "attempt started", now=now, details=started(op))
+    with statements_alone(session):
+        taken = operations_repo.take_operation(
+            session, op, now=now, lease_s=deps.settings.running_lease_s, log_line=line
+        )
+    if taken:
         log.info("operation %s: attempt %d started", op.id, op.attempts)
-    return taken is not None
+    return taken
 
 
 def run_operation(operation_id: str, deps: ExecutionDeps) -> State | None:
@@ -134,7 +136,8 @@ def run_operation(operation_id: str, deps: ExecutionDeps) -> State | None:
     (see `execution.crash`).
     """
     with pinned_session(deps.sessions) as session:
-        found = worker_reads.operation_with_installation(session, operation_id)
+        with statements_alone(session):
+            found = worker_reads.operation_with_installation(session, operation_id)
         if found is None:
             log.warning("operation %s: not found", operation_id)
             return None
@@ -155,10 +158,10 @@ def run_operation(operation_id: str, deps: ExecutionDeps) -> State | None:
                 raise end_crashed(session, [op.id], exc, now=deps.clock()) from None
             return None
 
-        def started(taken: Operation) -> dict[str, Any]:
+        def started(read: Operation) -> dict[str, Any]:
             assert request is not None
-            records = len(indices_to_try(taken, all_or_none=request.all_or_none))
-            return {"attempt": taken.attempts, "records": records}
+            records = len(indices_to_try(read, all_or_none=request.all_or_none))
+            return {"attempt": read.attempts + 1, "records": records}
 
         if not start_attempt(session, op, deps, deps.clock(), started=None if bulk else started):
             return None
@@ -206,11 +209,17 @@ def _run_records(
     )
     deps.failpoint("operation.after_provider_call")
     now = deps.clock()
-    # The attempt's log lines go in one INSERT; the moves are made (and checked) at once.
-    with operations_repo.deferred(session, moves=False):
-        attempt = claim_own_duplicates(session, op, attempt, now)
-        settled = settle(session, op, attempt, now=now, may_retry=True, rng=deps.rng)
-    session.commit()
+    if ends_the_write(attempt):
+        # Log lines and the terminal move, gathered: one statement on PostgreSQL.
+        with statements_alone(session), operations_repo.deferred(session):
+            attempt = claim_own_duplicates(session, op, attempt, now)
+            settled = settle(session, op, attempt, now=now, may_retry=True, rng=deps.rng)
+    else:
+        # The attempt's log lines go in one INSERT; the moves are made (and checked) at once.
+        with operations_repo.deferred(session, moves=False):
+            attempt = claim_own_duplicates(session, op, attempt, now)
+            settled = settle(session, op, attempt, now=now, may_retry=True, rng=deps.rng)
+        session.commit()
     if settled.state is State.RETRYING:
         assert settled.next_attempt_at is not None
         deps.schedule_retry("op", op.id, settled.next_attempt_at)

@@ -105,6 +105,15 @@ def indices_to_try(op: Operation, *, all_or_none: bool) -> list[int]:
     return retry
 
 
+def ends_the_write(attempt: Attempt) -> bool:
+    """Whether settling `attempt` ends its operation, however the merge comes out: no
+    record it tried failed retryably (those it did not try were written or refused
+    before). Its settling then writes log lines and one terminal move, and reads
+    nothing first (a cancel only matters to a retry).
+    """
+    return not any(not r.success and r.retryable for r in attempt.results.values())
+
+
 def decide(
     op: Operation,
     tally: Tally,

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from writejobs.private_files import private_file
@@ -91,3 +91,35 @@ def pinned_session(sessions: sessionmaker[Session]) -> Iterator[Session]:
         return
     with bind.connect() as connection, sessions(bind=connection) as session:
         yield session
+
+
+@contextmanager
+def statements_alone(session: Session) -> Iterator[None]:
+    """Inside, on a pinned PostgreSQL session, each statement is a transaction of its own.
+
+    A transaction costs a `BEGIN` and a `COMMIT` round trip besides its statements
+    (psycopg sends `BEGIN` on its own before the first one). Where a transaction is
+    a single statement (a read; a compare-and-set that writes its log line in the
+    same statement), autocommit runs it in one round trip, exactly as atomic. Only
+    for such code: two writes inside would commit apart. The session must be between
+    transactions when the block starts; what the block wrote is committed when it
+    ends (on SQLite, or an unpinned session, as one transaction).
+    """
+    connection = session.get_bind()
+    if not isinstance(connection, Connection) or connection.dialect.name != "postgresql":
+        yield
+        session.commit()
+        return
+    assert not session.in_transaction(), "statements_alone starts between transactions"
+    default = connection.default_isolation_level
+    connection.execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        yield
+        # Ends the session's transaction, which under autocommit sends nothing (and,
+        # unlike a rollback, leaves the objects it read loaded).
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        connection.execution_options(isolation_level=default)

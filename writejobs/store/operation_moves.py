@@ -18,17 +18,21 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    DateTime,
+    Executable,
     Table,
     and_,
     bindparam,
     event,
     false,
+    insert,
     or_,
     select,
     true,
     update,
 )
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from writejobs.core.operations import ALLOWED_FROM, TERMINAL, State
 from writejobs.core.recorder import Recorder
@@ -84,7 +88,9 @@ def transition(
     return moved
 
 
-def _may_enter(to: State, now: datetime, only_from: frozenset[State] | None) -> ColumnElement[bool]:
+def _may_enter(
+    to: State, now: datetime | ColumnElement[datetime], only_from: frozenset[State] | None
+) -> ColumnElement[bool]:
     """SQL for "may move to `to` now": the state is one `ALLOWED_FROM[to]` names, and
     the guarded moves into `running` hold their guard. A wait is honoured even
     against a stray early delivery (`retrying`, or a `queued` one the gate held back,
@@ -117,10 +123,12 @@ def _move(
     lease_s: float | None,
     only_from: frozenset[State] | None,
     fields: dict[str, Any],
+    logs: list[dict[str, Any]] | None = None,
 ) -> list[str]:
     """The one compare-and-set of the state machine: move the operations `which` selects
     that may enter `to` now; return the ids it moved. Entering `running` takes a
-    lease of `lease_s` seconds."""
+    lease of `lease_s` seconds. `logs` (`log_row`s) are written with it, whether or
+    not it moved: into a terminal state on PostgreSQL, in its statement."""
     values: dict[str, Any] = {"state": to.value, "updated_at": now, **fields}
     if to is State.RUNNING:
         assert lease_s is not None, "entering running needs a lease"
@@ -129,11 +137,15 @@ def _move(
     # objects are not touched, as `_NO_SYNC` asks of the ORM's.
     statement = update(_OPERATIONS).where(which, _may_enter(to, now, only_from)).values(**values)
     if to in TERMINAL and session.get_bind().dialect.name == "postgresql":
-        # The move and the notifications it owes in one statement (a round trip fewer).
-        moved = list(session.scalars(webhook_outbox.ending(statement, now=now)))
+        # The move, the notifications it owes and its log lines in one statement.
+        ending = webhook_outbox.ending(statement, now=now)
+        if logs:
+            ending = ending.add_cte(insert(_LOGS).values(logs).cte("logged"))
+        moved = list(session.scalars(ending))
         if moved:
             _note_finished(session, to, len(moved))
         return moved
+    insert_rows(session, _LOGS, logs or [])
     moved = list(session.scalars(statement.returning(_OPERATIONS.c.id)))
     _note_ended(session, to, moved, now)
     return moved
@@ -204,16 +216,88 @@ def _take(
 
 
 def take_operation(
-    session: Session, operation_id: str, *, now: datetime, lease_s: float
-) -> Operation | None:
-    """Move one operation into `running` for an attempt (the compare-and-set, one more
-    attempt, a lease of `lease_s`); the row as it now is, or None when it may not run
-    (another delivery holds it, its wait is not over, it ended). The caller commits."""
-    taken = _take(session, Operation.id == operation_id, now, lease_s)
-    if not taken:
-        log.info("operation %s: not moved to running (state changed elsewhere)", operation_id)
-        return None
-    return taken[0]
+    session: Session,
+    op: Operation,
+    *,
+    now: datetime,
+    lease_s: float,
+    log_line: dict[str, Any] | None = None,
+) -> bool:
+    """Move `op`, as it was read, into `running` for an attempt (the compare-and-set, one
+    more attempt, a lease of `lease_s`); False when it may not run (another delivery
+    holds it, its wait is not over, it ended). The caller commits.
+
+    The compare-and-set also asks that no attempt began since `op` was read (its
+    `attempts`), so what was read is the row as it now is but for what the move sets,
+    which is set on `op` here: no second read. A delivery that finds another attempt
+    began in between is one that other attempt makes redundant. `log_line` (a
+    `log_row`) is written only if the move was made, on PostgreSQL in its statement
+    (one round trip: autocommit may run it alone, see `store.db.statements_alone`).
+    """
+    params = {
+        "t_id": op.id,
+        "t_attempts": op.attempts,
+        "t_now": now,
+        "t_lease": now + timedelta(seconds=lease_s),
+    }
+    postgres = session.get_bind().dialect.name == "postgresql"
+    if log_line is not None and postgres:
+        params.update({f"l_{k}": v for k, v in log_line.items() if k != "operation_id"})
+        moved = session.execute(_TAKE_ONE_LOGGED, params).first() is not None
+    else:
+        moved = session.execute(_TAKE_ONE, params).first() is not None
+        if moved and log_line is not None:
+            session.execute(insert(_LOGS), [log_line])
+    if not moved:
+        log.info("operation %s: not moved to running (state changed elsewhere)", op.id)
+        return False
+    taken = {
+        "state": State.RUNNING.value,
+        "updated_at": now,
+        "lease_expires_at": params["t_lease"],
+        "attempts": op.attempts + 1,
+        "last_attempt_at": now,
+        "waiting_reason": None,
+        "waiting_since": None,
+    }
+    for key, value in taken.items():
+        set_committed_value(op, key, value)
+    return True
+
+
+def _take_one() -> tuple[Executable, Executable]:
+    """The statements of `take_operation`, built once: alone, and with its log line
+    (PostgreSQL: the INSERT … SELECT of a data-modifying CTE, so only a made move logs)."""
+    at = bindparam("t_now", type_=DateTime(timezone=True))
+    move = (
+        update(_OPERATIONS)
+        .where(
+            _OPERATIONS.c.id == bindparam("t_id"),
+            _OPERATIONS.c.attempts == bindparam("t_attempts"),
+            _may_enter(State.RUNNING, at, None),
+        )
+        .values(
+            state=State.RUNNING.value,
+            updated_at=at,
+            lease_expires_at=bindparam("t_lease", type_=DateTime(timezone=True)),
+            attempts=_OPERATIONS.c.attempts + 1,
+            last_attempt_at=at,
+            waiting_reason=None,
+            waiting_since=None,
+        )
+        .returning(_OPERATIONS.c.id)
+    )
+    taken = move.cte("taken")
+    columns = ["operation_id", "timestamp", "severity", "msg", "error", "details"]
+    line = select(
+        taken.c.id,
+        *(bindparam(f"l_{name}", type_=_LOGS.c[name].type) for name in columns[1:]),
+    )
+    logged = insert(_LOGS).from_select(columns, line).cte("logged")
+    return move, select(taken.c.id).add_cte(logged)
+
+
+_TAKE_ONE, _TAKE_ONE_LOGGED = _take_one()
 
 
 def take_batch(
@@ -286,6 +370,8 @@ def deferred(session: Session, *, moves: bool = True) -> Iterator[None]:
 
     With `moves=False` only the log lines wait (one INSERT at the end); each move is
     made when asked and says whether it moved, as a lone operation's settling needs.
+    A block that gathered one move of one operation into a terminal state (a lone
+    operation's end) makes it with its log lines in one statement on PostgreSQL.
     """
     assert _DEFERRED not in session.info, "deferred blocks do not nest"
     pending = _Deferred() if moves else _Deferred(moves=None)
@@ -294,6 +380,16 @@ def deferred(session: Session, *, moves: bool = True) -> Iterator[None]:
         yield
     finally:
         session.info.pop(_DEFERRED, None)
+    if pending.moves is not None and len(pending.moves) == 1:
+        move = pending.moves[0]
+        if move.to in TERMINAL and not move.unless_cancel_requested:
+            op_id, to = move.operation_id, move.to
+            which = Operation.id == op_id
+            if not _move(
+                session, which, to, move.now, None, move.only_from, move.fields, pending.logs
+            ):
+                log.info("operation %s: not moved to %s (state changed elsewhere)", op_id, to)
+            return
     insert_rows(session, _LOGS, pending.logs)
     kinds: dict[tuple[Any, ...], list[_Move]] = {}
     for move in pending.moves or []:
