@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from writejobs.clock import Clock
-from writejobs.core.flow import NoRateLimiter, RateLimiter
+from writejobs.core.flow import Account, NoRateLimiter, RateLimiter
 from writejobs.core.recorder import NoRecorder, Recorder
 from writejobs.failpoints import no_failpoint
 from writejobs.providers.base import ProviderAdapter
@@ -26,6 +26,11 @@ RetryScheduler = Callable[[str, str, datetime], None]
 # arrived(kind, id, installation id): a task reached its worker (the fair-share
 # admission's reservation for it ends; see writejobs.grouping.admission).
 Arrival = Callable[[str, str, str], None]
+# acquire_arriving(kind, id, installation id, account, now, calls): the limiter's
+# `acquire` for a task that just reached its worker, which also ends its admission
+# reservation, in one Redis step (`arrived` is then not called); unset, the gate
+# asks `limiter` and calls `arrived` after.
+ArrivingAcquire = Callable[[str, str, str, Account, datetime, int], float]
 
 
 def _no_arrivals(kind: str, target_id: str, installation_id: str) -> None:
@@ -59,3 +64,4 @@ class ExecutionDeps:
     # The fleet's rate limiter every provider call asks first (execution.gate).
     limiter: RateLimiter = field(default_factory=NoRateLimiter)
     arrived: Arrival = _no_arrivals
+    acquire_arriving: ArrivingAcquire | None = None

@@ -120,6 +120,35 @@ def calls_for(shape: str, records: int, provider: str) -> int:
     return max(1, math.ceil(records / batch_size(provider)))
 
 
+@dataclass(slots=True)
+class Arrival:
+    """A task at the gate, whose fair-share admission reservation ends once: after the
+    limiter was asked (in the same Redis step, where `deps.acquire_arriving` is wired)
+    or, when it never is, as the gate is left (`end`). Not before the limiter is asked:
+    in between, a scheduler would count neither and admit one more than the window holds.
+    """
+
+    deps: ExecutionDeps
+    kind: str
+    target_id: str
+    installation_id: str
+    ended: bool = False
+
+    def acquire(self, account: Account, now: datetime, calls: int) -> float:
+        """The limiter's answer for `calls` (see `RateLimiter.acquire`)."""
+        together = self.deps.acquire_arriving
+        if together is None or self.ended:
+            return self.deps.limiter.acquire(account, now, calls)
+        wait_s = together(self.kind, self.target_id, self.installation_id, account, now, calls)
+        self.ended = True
+        return wait_s
+
+    def end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self.deps.arrived(self.kind, self.target_id, self.installation_id)
+
+
 def check_rate_limit(
     deps: ExecutionDeps,
     installation: Installation,
@@ -127,10 +156,16 @@ def check_rate_limit(
     calls: int,
     now: datetime,
     deadline_at: datetime | None,
+    arrival: Arrival | None = None,
 ) -> Deferral | None:
     """None when the account has budget for `calls` now (their slots are taken);
-    otherwise wait until the limiter says it frees, never past `deadline_at`."""
-    wait_s = deps.limiter.acquire(account_for(installation), now, calls)
+    otherwise wait until the limiter says it frees, never past `deadline_at`. With
+    `arrival`, the asking task's reservation ends with the ask."""
+    account = account_for(installation)
+    if arrival is not None:
+        wait_s = arrival.acquire(account, now, calls)
+    else:
+        wait_s = deps.limiter.acquire(account, now, calls)
     if wait_s <= 0:
         return None
     until = now + timedelta(seconds=wait_s)
@@ -205,17 +240,21 @@ def admit_operation(
     session: Session, op: Operation, installation: Installation, deps: ExecutionDeps
 ) -> bool:
     """True when `op` may start its attempt; otherwise it was held (or expired) here."""
+    # The task reached its worker and takes its budget (or waits): the fair-share
+    # admission's reservation ends.
+    arrival = Arrival(deps, "op", op.id, installation.id)
     try:
-        return _admit_operation(session, op, installation, deps)
+        return _admit_operation(session, op, installation, deps, arrival)
     finally:
-        # The task reached its worker and took its budget (or waits): the fair-share
-        # admission's reservation ends. Not before the limiter is asked: in between,
-        # a scheduler would count neither and admit one more than the window holds.
-        deps.arrived("op", op.id, installation.id)
+        arrival.end()
 
 
 def _admit_operation(
-    session: Session, op: Operation, installation: Installation, deps: ExecutionDeps
+    session: Session,
+    op: Operation,
+    installation: Installation,
+    deps: ExecutionDeps,
+    arrival: Arrival,
 ) -> bool:
     now = deps.clock()
     deferral = check_admission(
@@ -230,7 +269,7 @@ def _admit_operation(
             return True  # its wait is not over: the compare-and-set refuses it, no budget spent
         calls = calls_for(op.shape, op.record_count, installation.provider)
         deferral = check_rate_limit(
-            deps, installation, calls=calls, now=now, deadline_at=op.deadline_at
+            deps, installation, calls=calls, now=now, deadline_at=op.deadline_at, arrival=arrival
         )
     if deferral is None:
         return True
@@ -257,10 +296,11 @@ def admit_batch(
     `members` are the batch's candidates at `now` (`store.worker_reads.candidates`);
     the gate looks at those waiting for an attempt (queued, or retrying and due).
     """
+    arrival = Arrival(deps, "batch", batch_id, installation.id)  # as in `admit_operation`
     try:
-        return _admit_batch(session, batch_id, installation, deps, members, now=now)
+        return _admit_batch(session, batch_id, installation, deps, members, arrival, now=now)
     finally:
-        deps.arrived("batch", batch_id, installation.id)  # as in `admit_operation`
+        arrival.end()
 
 
 def _admit_batch(
@@ -269,6 +309,7 @@ def _admit_batch(
     installation: Installation,
     deps: ExecutionDeps,
     members: Sequence[Candidate],
+    arrival: Arrival,
     *,
     now: datetime,
 ) -> bool:
@@ -286,8 +327,9 @@ def _admit_batch(
     )
     if deferral is None:
         calls = calls_for("auto_batch", len(waiting), installation.provider)
+        deadline_at = min(live, default=now)
         deferral = check_rate_limit(
-            deps, installation, calls=calls, now=now, deadline_at=min(live, default=now)
+            deps, installation, calls=calls, now=now, deadline_at=deadline_at, arrival=arrival
         )
     if deferral is None:
         return True

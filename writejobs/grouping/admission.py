@@ -222,6 +222,21 @@ class Admission:
         except redis.RedisError as exc:  # the reservation expires within a window anyway
             log.warning("admission reservation not released (%s)", type(exc).__name__)
 
+    def acquire_arriving(
+        self,
+        kind: str,
+        target_id: str,
+        installation_id: str,
+        account: Account,
+        now: datetime,
+        calls: int,
+    ) -> float:
+        """A task reached a worker and asks the limiter for its calls' budget: the
+        limiter's `acquire`, which ends the task's reservation in the same step (so,
+        as with `arrived`, never before the limiter was asked)."""
+        reservation = (self._key("w", installation_id), f"{kind}:{target_id}")
+        return self.limiter.acquire(account, now, calls, release=reservation)
+
     # -- reading ------------------------------------------------------------------------
 
     def waiting(self, members: Iterable[tuple[str, str]]) -> set[str]:

@@ -131,36 +131,48 @@ class RedisRateLimiter:
         """The window an account starts with: its configured limit, or its kind's default."""
         return account.configured or self.defaults.get(account.provider, FALLBACK_LIMIT)
 
-    def try_acquire(self, account: Account, now: datetime, calls: int = 1) -> tuple[bool, float]:
+    def try_acquire(
+        self,
+        account: Account,
+        now: datetime,
+        calls: int = 1,
+        *,
+        release: tuple[str, str] | None = None,
+    ) -> tuple[bool, float]:
         """Take `calls` slots at `now`: (True, 0.0), or (False, seconds until they may be free).
 
         An attempt that makes more calls than a window holds takes a whole window.
+        `release` (a sorted set and a member) is removed in the same step, granted or
+        not: the asking task's admission reservation (`grouping.admission`), for no
+        round trip of its own.
         """
         if calls < 1:
             raise ValueError(f"an attempt makes at least one call, not {calls}")
         start = self.limit_for(account)
         cap = account.configured
         name = account_name(account)
+        keys = [
+            self.keys.rate_limit(name),
+            self.keys.rate_window(name),
+            self.keys.rate_cap_window(name),
+            self.keys.rate_accounts,
+        ]
+        args: list[str | int] = [
+            repr(now.timestamp()),
+            start.max,
+            repr(start.interval_s),
+            cap.max if cap else 0,
+            repr(cap.interval_s if cap else 0.0),
+            repr(self.slack_s),
+            new_id(),
+            calls,
+            name,
+        ]
+        if release is not None:
+            keys.append(release[0])
+            args.append(release[1])
         try:
-            granted, wait = self._acquire(
-                keys=[
-                    self.keys.rate_limit(name),
-                    self.keys.rate_window(name),
-                    self.keys.rate_cap_window(name),
-                    self.keys.rate_accounts,
-                ],
-                args=[
-                    repr(now.timestamp()),
-                    start.max,
-                    repr(start.interval_s),
-                    cap.max if cap else 0,
-                    repr(cap.interval_s if cap else 0.0),
-                    repr(self.slack_s),
-                    new_id(),
-                    calls,
-                    name,
-                ],
-            )
+            granted, wait = self._acquire(keys=keys, args=args)
         except redis.RedisError as exc:
             log.warning("rate limiter unavailable (%s): call not paced", type(exc).__name__)
             return True, 0.0
@@ -171,9 +183,16 @@ class RedisRateLimiter:
         self.recorder.observe("limiter_wait_seconds", wait_s, provider=account.provider)
         return False, wait_s
 
-    def acquire(self, account: Account, now: datetime, calls: int = 1) -> float:
+    def acquire(
+        self,
+        account: Account,
+        now: datetime,
+        calls: int = 1,
+        *,
+        release: tuple[str, str] | None = None,
+    ) -> float:
         """0.0: the calls may go now (their slots are taken); otherwise seconds to wait."""
-        return self.try_acquire(account, now, calls)[1]
+        return self.try_acquire(account, now, calls, release=release)[1]
 
     def sent(self, account: Account, now: datetime) -> None:
         """A call of `account` leaves for the provider at `now`: one slot admitted for it

@@ -6,6 +6,8 @@
 -- ARGV: now (epoch s), default max, default interval_s, configured max (0: none),
 -- configured interval_s, slack_s added to every window, a unique member for this
 -- attempt, its calls (at most a window's worth count), the account's name.
+-- KEYS[5] (optional): a sorted set to remove ARGV[10] from once the slots were asked
+-- for, granted or not (the fair-share admission's reservation of the asking task).
 -- A slot is taken marked admitted (`q:`); rate_sent.lua moves it to the time its call
 -- leaves for the provider.
 -- Returns {1, '0'} when admitted, else {0, seconds to wait} with nothing taken: calls
@@ -18,6 +20,7 @@ local cap = tonumber(ARGV[4])
 local cap_span = tonumber(ARGV[5]) + tonumber(ARGV[6])
 local calls = tonumber(ARGV[8])
 redis.call('ZADD', KEYS[4], now, ARGV[9])
+if KEYS[5] then redis.call('ZREM', KEYS[5], ARGV[10]) end
 
 local function window_wait(key, max, window)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)

@@ -115,6 +115,7 @@ def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
         recorder=metrics,
         limiter=limiter,
         arrived=admission.arrived,
+        acquire_arriving=admission.acquire_arriving,
     )
 
     batcher = AutoBatcher(

@@ -9,6 +9,7 @@ Like every repository, nothing here commits: the caller owns the transaction.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    union_all,
     update,
 )
 from sqlalchemy.orm import Session, sessionmaker
@@ -383,12 +385,12 @@ def deferred(session: Session, *, moves: bool = True) -> Iterator[None]:
     if pending.moves is not None and len(pending.moves) == 1:
         move = pending.moves[0]
         if move.to in TERMINAL and not move.unless_cancel_requested:
-            op_id, to = move.operation_id, move.to
-            which = Operation.id == op_id
-            if not _move(
-                session, which, to, move.now, None, move.only_from, move.fields, pending.logs
-            ):
-                log.info("operation %s: not moved to %s (state changed elsewhere)", op_id, to)
+            if not _end_alone(session, move, pending.logs):
+                log.info(
+                    "operation %s: not moved to %s (state changed elsewhere)",
+                    move.operation_id,
+                    move.to,
+                )
             return
     insert_rows(session, _LOGS, pending.logs)
     kinds: dict[tuple[Any, ...], list[_Move]] = {}
@@ -403,6 +405,57 @@ def deferred(session: Session, *, moves: bool = True) -> Iterator[None]:
         kinds.setdefault(kind, []).append(move)
     for alike in kinds.values():
         _move_many(session, alike)
+
+
+def _end_alone(session: Session, move: _Move, logs: list[dict[str, Any]]) -> bool:
+    """One operation's move into a terminal state with its log lines (written whether or
+    not it moved); on PostgreSQL one statement with the notifications it owes."""
+    if session.get_bind().dialect.name != "postgresql":
+        which = Operation.id == move.operation_id
+        return bool(
+            _move(session, which, move.to, move.now, None, move.only_from, move.fields, logs)
+        )
+    names = tuple(sorted(move.fields))
+    statement = _ending_alone(move.to, move.only_from, names, len(logs))
+    params: dict[str, Any] = {"e_id": move.operation_id, "e_now": move.now}
+    params.update({f"e_{name}": move.fields[name] for name in names})
+    for i, row in enumerate(logs):
+        params.update({f"l{i}_{column}": row[column] for column in _LOG_COLUMNS})
+    moved = session.execute(statement, params).first() is not None
+    if moved:
+        _note_finished(session, move.to)
+    return moved
+
+
+_LOG_COLUMNS = ("operation_id", "timestamp", "severity", "msg", "error", "details")
+
+
+@functools.lru_cache(maxsize=128)
+def _ending_alone(
+    to: State, only_from: frozenset[State] | None, names: tuple[str, ...], lines: int
+) -> Executable:
+    """`_end_alone`'s statement for one shape of move, built once: every value is a
+    parameter (building the statement cost more than running it, and a statement with
+    its values inline would be compiled each time)."""
+    at = bindparam("e_now", type_=DateTime(timezone=True))
+    values: dict[str, Any] = {"state": to.value, "updated_at": at}
+    values.update({n: bindparam(f"e_{n}", type_=_OPERATIONS.c[n].type) for n in names})
+    move = (
+        update(_OPERATIONS)
+        .where(_OPERATIONS.c.id == bindparam("e_id"), _may_enter(to, at, only_from))
+        .values(**values)
+    )
+    statement = webhook_outbox.ending(move, now=at)
+    if lines:
+        # INSERT … SELECT of the lines in order (a multi-row VALUES is never cached).
+        rows = [
+            select(*(bindparam(f"l{i}_{c}", type_=_LOGS.c[c].type) for c in _LOG_COLUMNS))
+            for i in range(lines)
+        ]
+        lines_in = union_all(*rows) if lines > 1 else rows[0]
+        logged = insert(_LOGS).from_select(list(_LOG_COLUMNS), lines_in).cte("logged")
+        statement = statement.add_cte(logged)
+    return statement
 
 
 def _move_many(session: Session, moves: list[_Move]) -> None:

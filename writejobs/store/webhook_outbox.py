@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import (
+    ColumnElement,
     DateTime,
     Insert,
     Select,
@@ -127,7 +128,7 @@ def _owed_statement() -> Insert:
 _OWED = _owed_statement()
 
 
-def ending(moves: Update, *, now: datetime) -> Select[str]:
+def ending(moves: Update, *, now: datetime | ColumnElement[datetime]) -> Select[str]:
     """`moves` (an UPDATE that ends operations) as one statement that also owes their
     notifications, selecting the ids it moved: PostgreSQL runs a data-modifying CTE in
     the statement's transaction, so the rows exist exactly when the write ended, as
@@ -138,7 +139,7 @@ def ending(moves: Update, *, now: datetime) -> Select[str]:
         "moved"
     )
     destinations: Table = WebhookDestination.__table__  # type: ignore[assignment]
-    at = literal(now, DateTime(timezone=True))
+    at = now if isinstance(now, ColumnElement) else literal(now, DateTime(timezone=True))
     matches = (
         select(
             destinations.c.id,
