@@ -26,6 +26,7 @@ from writejobs.execution.run import run_operation
 from writejobs.execution.webhooks import deliver
 from writejobs.runtime.celery_config import celery_config
 from writejobs.runtime.log_config import configure_logging
+from writejobs.runtime.task_events import TASK_EVENTS, FlushTaskEvents
 from writejobs.runtime.wiring import Wiring, wire
 from writejobs.settings import Settings, load_settings
 from writejobs.store.leases import LeaseHeartbeat
@@ -60,8 +61,10 @@ class _LazyWiring:
 
 def create_celery(settings: Settings) -> Celery:
     """The worker's Celery app, with its tasks bound to the given settings."""
-    app = Celery("writejobs")
+    app = Celery("writejobs", events=TASK_EVENTS)
     app.conf.update(celery_config(settings))
+    # Task events (Flower's) go out in batches, not one PUBLISH per event.
+    app.steps["consumer"].add(FlushTaskEvents)
     wiring = _LazyWiring(settings)
 
     def note_batch_start(batch_id: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -14,6 +15,7 @@ import redis
 
 from api_shim.app import create_app
 from tests.support.contract import assert_platform_schema, assert_write_response
+from tests.support.events import task_events
 from tests.support.servers import serve_in_thread
 from tests.support.system import ChildProcess, Tenant, create_tenant
 from writejobs.settings import Settings
@@ -191,3 +193,36 @@ def test_no_record_payload_reaches_task_arguments_or_logs(
     assert op_id in worker.output()
     assert secret not in worker.output()
     assert secret not in caplog.text
+
+
+def test_flower_gets_each_write_task_received_started_and_succeeded(
+    tenant: Tenant, settings: Settings
+) -> None:
+    with task_events(settings) as events, tenant.client() as client:
+        # given three asynchronous writes
+        op_ids = [
+            client.post(
+                tenant.write_path(),
+                json={
+                    "groupRef": tenant.group_ref,
+                    "type": "create",
+                    "mode": "asynchronous",
+                    "record": {"email": _email()},
+                },
+            ).json()["operationId"]
+            for _ in range(3)
+        ]
+        tenant.wait_terminal(op_ids)
+        # then each task's events reach the listener (sent in batches, soon after)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            tasks = {e["uuid"]: e["args"] for e in events if e["type"] == "task-received"}
+            ours = {uuid_ for uuid_, args in tasks.items() if any(i in args for i in op_ids)}
+            kinds = {(e["type"], e["uuid"]) for e in events if e.get("uuid") in ours}
+            if len(ours) == 3 and len(kinds) == 9:
+                break
+            time.sleep(0.2)
+    assert len(ours) == 3, tasks
+    for task_id in ours:
+        for kind in ("task-received", "task-started", "task-succeeded"):
+            assert (kind, task_id) in kinds, (kind, task_id, kinds)

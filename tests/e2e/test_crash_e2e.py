@@ -10,57 +10,22 @@ and sends its task with the real Celery sender."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import redis
-from celery import Celery
 
+from tests.support.events import task_events
 from tests.support.system import ChildProcess, Tenant, create_tenant
 from writejobs.core.contract import WriteRequest
 from writejobs.intake.write import WriteTarget, accept_write
-from writejobs.runtime.celery_config import celery_config
 from writejobs.runtime.wiring import wire
 from writejobs.settings import Settings
 from writejobs.store.tables import Project
 
 REASON = "internal error (UnicodeEncodeError); the write was not completed"
-
-
-@contextmanager
-def task_events(settings: Settings) -> Iterator[list[dict[str, Any]]]:
-    """Every Celery task event the worker sends meanwhile (what Flower shows)."""
-    app = Celery("event-listener")
-    app.conf.update(celery_config(settings))
-    events: list[dict[str, Any]] = []
-    stop = threading.Event()
-    ready = threading.Event()
-
-    def listen() -> None:
-        with app.connection() as connection:
-            receiver = app.events.Receiver(connection, handlers={"*": events.append})
-            ready.set()
-            while not stop.is_set():
-                try:
-                    receiver.capture(limit=None, timeout=0.5, wakeup=False)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    continue
-
-    thread = threading.Thread(target=listen, daemon=True)
-    thread.start()
-    ready.wait(10)
-    time.sleep(0.5)  # the receiver's subscription is in place
-    try:
-        yield events
-    finally:
-        stop.set()
-        thread.join(5)
 
 
 def redis_values(url: str) -> Iterator[str]:
