@@ -16,6 +16,8 @@ from writejobs.core.operations import ALLOWED_FROM, TERMINAL, State
 from writejobs.intake.write import new_operation
 from writejobs.settings import Settings
 from writejobs.store import operations_repo
+from writejobs.store.db import pinned_session, statements_alone
+from writejobs.store.tables import Operation
 
 PAIRS = list(itertools.product(State, State))
 LEASE_S = 30.0
@@ -135,3 +137,52 @@ def test_a_flush_queues_only_members_still_pending(c: Core) -> None:
     assert moved == 1
     states = {state: c.operation(op_id).state for state, op_id in ids.items()}
     assert states == {s: (State.QUEUED if s is State.PENDING else s).value for s in State}
+
+
+def test_a_take_moves_the_row_as_read_and_writes_its_log_line_with_it(c: Core) -> None:
+    now = c.clock()
+    op_id = an_operation(c, State.QUEUED)
+
+    with pinned_session(c.deps.sessions) as session:
+        with statements_alone(session):
+            op = session.get(Operation, op_id)
+        assert op is not None
+        line = operations_repo.log_row(op_id, "attempt started", now=now, details={"n": 1})
+        with statements_alone(session):
+            taken = operations_repo.take_operation(
+                session, op, now=now, lease_s=LEASE_S, log_line=line
+            )
+        # the object is the row as taken, with no second read
+        assert taken and (op.state, op.attempts) == (State.RUNNING.value, 1)
+
+    row = c.operation(op_id)
+    assert (row.state, row.attempts) == (State.RUNNING.value, 1)
+    assert [log.msg for log in c.logs(op_id)] == ["attempt started"]
+
+
+def test_a_take_refuses_a_row_another_attempt_began_on_since_it_was_read(c: Core) -> None:
+    now = c.clock()
+    op_id = an_operation(c, State.QUEUED)
+    with pinned_session(c.deps.sessions) as session:
+        with statements_alone(session):
+            stale = session.get(Operation, op_id)
+        assert stale is not None
+        # another delivery takes it, and its attempt ends in a retry that is due at once
+        with c.deps.sessions() as other:
+            fresh = other.get(Operation, op_id)
+            assert fresh is not None
+            assert operations_repo.take_operation(other, fresh, now=now, lease_s=LEASE_S)
+            assert operations_repo.transition(
+                other, op_id, State.RETRYING, now=now, next_attempt_at=now
+            )
+            other.commit()
+        line = operations_repo.log_row(op_id, "attempt started", now=now)
+        with statements_alone(session):
+            taken = operations_repo.take_operation(
+                session, stale, now=now, lease_s=LEASE_S, log_line=line
+            )
+
+    assert not taken
+    row = c.operation(op_id)
+    assert (row.state, row.attempts) == (State.RETRYING.value, 1)
+    assert c.logs(op_id) == []

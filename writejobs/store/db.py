@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
 
 from writejobs.private_files import private_file
@@ -34,13 +36,49 @@ def create_store_engine(settings: Settings) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
-        pool_pre_ping=True,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         hide_parameters=True,
     )
+    ping_when_idle(engine, PING_AFTER_IDLE_S)
+    return engine
+
+
+# A pooled connection given back this recently is handed out again without a ping
+# (HikariCP skips its check within 500 ms the same way): a busy worker reuses its
+# connection every few tens of ms, and the ping was a round trip of every task.
+PING_AFTER_IDLE_S = 1.0
+
+
+def ping_when_idle(engine: Engine, idle_s: float) -> None:
+    """The pool's pre-ping, for connections idle in the pool longer than `idle_s`.
+
+    A connection that fails its ping is replaced, and every connection pooled before
+    it too (as `pool_pre_ping` does). One used within `idle_s` of a server restart
+    fails its first statement instead: the statement's error invalidates the pool,
+    and the work it was for is retried as any store error is (the recovery sweeps).
+    """
+
+    def fresh(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    def checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get(_IDLE_SINCE)
+        if idle_since is not None and time.monotonic() - idle_since < idle_s:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise InvalidatePoolError() from exc
+
+    event.listen(engine.pool, "connect", fresh)
+    event.listen(engine.pool, "checkin", fresh)
+    event.listen(engine.pool, "checkout", checkout)
+
+
+_IDLE_SINCE = "writejobs.idle_since"
 
 
 def prepare_embedded_sqlite(settings: Settings) -> None:
@@ -80,9 +118,10 @@ def pinned_session(sessions: sessionmaker[Session]) -> Iterator[Session]:
     """A session of `sessions` that keeps one pooled connection from start to end.
 
     A plain session hands its connection back to the pool at each commit and checks
-    one out again (with the pool's pre-ping, a round trip) at the next statement; a
-    worker's task commits two or three times around its provider call, so it pays
-    that once here instead of at each transaction. Each commit still commits.
+    one out again at the next statement (with the pool's ping after an idle spell, a
+    round trip); a worker's task commits two or three times around its provider
+    call, so it checks out once here instead of at each transaction. Each commit
+    still commits.
     """
     bind = sessions.kw.get("bind")
     if not isinstance(bind, Engine):
