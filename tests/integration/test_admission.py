@@ -224,6 +224,23 @@ def test_admission_follows_the_limiters_window_call_by_call(fleet: Fleet) -> Non
     assert fleet.admission.admit(T0 + timedelta(seconds=11.3)) == ["op:a-4"]
 
 
+def test_a_task_that_ends_its_reservation_with_its_limiter_ask_counts_once(fleet: Fleet) -> None:
+    # Given installation A, allowed 3 calls per 10 s, and one write sent to the workers
+    route = fleet.installation(fleet.project(), {"max": 3, "interval_ms": 10_000})
+    account = Account("hubspot", route.installation_id, RateLimit(3, 10.0))
+    assert fleet.submit(route, 1, "a") == ["sent"]
+    # When it reaches a worker and asks for its call (the gate's one Redis step)
+    kind, _, target_id = fleet.sent()[0].partition(":")
+    now = T0 + timedelta(seconds=1)
+    wait_s = fleet.admission.acquire_arriving(
+        kind, target_id, route.installation_id, account, now, 1
+    )
+    assert wait_s == 0.0
+    # Then it counts once, as its call, not also as a reservation: two more fit
+    fleet.now[0] = T0 + timedelta(seconds=2)
+    assert fleet.submit(route, 2, "b") == ["sent", "sent"]
+
+
 def test_a_pass_that_admits_nothing_says_when_room_frees(fleet: Fleet) -> None:
     # Given an installation allowed 2 calls per 10 s whose calls went at 0 and at 3
     project = fleet.project()

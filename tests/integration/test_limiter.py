@@ -18,7 +18,7 @@ from redis.retry import Retry
 from writejobs.clock import utcnow
 from writejobs.core.flow import Account, RateLimit, RateLimitObservation
 from writejobs.grouping.keys import Keys
-from writejobs.grouping.limiter import RedisRateLimiter
+from writejobs.grouping.limiter import RedisRateLimiter, SentInBackground, account_name
 
 T0 = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 HUBSPOT = Account("hubspot", "inst-1")
@@ -362,6 +362,25 @@ def test_a_sent_call_holds_its_slot_from_when_it_left(client: redis.Redis, keys:
     # Then its slot frees 10 s after it left, not after it was admitted
     assert limiter.acquire(HUBSPOT, at(10.5)) == pytest.approx(2.5, abs=0.01)
     assert limiter.acquire(HUBSPOT, at(13.01)) == 0.0
+
+
+def test_a_call_marked_sent_in_the_background_holds_its_slot_from_when_it_left(
+    client: redis.Redis, keys: Keys
+) -> None:
+    # Given one call per 10 s, admitted at 0 and marked sent at 3 from the caller's thread
+    limiter = limiter_for(client, keys, defaults={"hubspot": RateLimit(1, 10.0)})
+    assert limiter.acquire(HUBSPOT, at(0)) == 0.0
+    marks = SentInBackground(limiter)
+
+    marks.mark(HUBSPOT, at(3))
+
+    # Then soon after, its slot frees 10 s after it left, as with `sent`
+    window = keys.rate_window(account_name(HUBSPOT))
+    deadline = time.monotonic() + 10
+    while not any(m.startswith(b"s:") for m in client.zrange(window, 0, -1)):
+        assert time.monotonic() < deadline, "the slot was never moved"
+        time.sleep(0.01)
+    assert limiter.acquire(HUBSPOT, at(10.5)) == pytest.approx(2.5, abs=0.01)
 
 
 def test_a_call_sent_without_an_admitted_slot_takes_none(client: redis.Redis, keys: Keys) -> None:

@@ -38,6 +38,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import queue
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -288,6 +291,49 @@ class RedisRateLimiter:
         if left == 0 or (total - left) / total < self.daily_share:
             return "0"
         return repr(self.day_s / left)
+
+
+class SentInBackground:
+    """`RedisRateLimiter.sent`, from a thread of this process's own, so a call does not
+    wait a Redis round trip to leave.
+
+    `mark` takes the moment the call leaves; the slot moves to exactly that moment a
+    little later (while the call is on its way), never to a later one. Until then the
+    slot counts in its window as admitted, at the earlier time it was taken: the few
+    milliseconds are well inside the `SLACK_S` every window adds. Marks not sent when
+    the process ends are lost, and those slots keep their admitted time. A forked
+    child starts a thread of its own.
+    """
+
+    def __init__(self, limiter: RedisRateLimiter) -> None:
+        self._limiter = limiter
+        self._lock = threading.Lock()
+        self._marks: queue.SimpleQueue[tuple[Account, datetime]] = queue.SimpleQueue()
+        self._pid: int | None = None
+
+    def mark(self, account: Account, now: datetime) -> None:
+        """A call of `account` leaves for the provider at `now`."""
+        if self._pid != os.getpid():
+            self._start()
+        self._marks.put((account, now))
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            # A forked child inherits the parent's queue but not its thread.
+            self._marks = queue.SimpleQueue()
+            threading.Thread(target=self._run, name="limiter-sent", daemon=True).start()
+            self._pid = os.getpid()
+
+    def _run(self) -> None:
+        marks = self._marks
+        while True:
+            account, at = marks.get()
+            try:
+                self._limiter.sent(account, at)
+            except Exception:  # pacing is advice: the next mark goes all the same
+                log.warning("rate limit slot not moved", exc_info=True)
 
 
 def account_name(account: Account) -> str:

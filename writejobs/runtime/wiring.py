@@ -20,7 +20,7 @@ from writejobs.failpoints import Failpoints
 from writejobs.grouping.admission import Admission
 from writejobs.grouping.autobatch import AutoBatcher
 from writejobs.grouping.keys import Keys
-from writejobs.grouping.limiter import RedisRateLimiter
+from writejobs.grouping.limiter import RedisRateLimiter, SentInBackground
 from writejobs.grouping.retry_waits import RetryQueue
 from writejobs.intake.directory import TenantDirectory
 from writejobs.intake.handoff import HandOffs
@@ -184,8 +184,10 @@ def _provider_clients(
         def learn(account: Account, observation: RateLimitObservation) -> None:
             limiter.learn(account, observation, clock())
 
+        marks = SentInBackground(limiter)
+
         def sent(account: Account) -> None:
-            limiter.sent(account, clock())
+            marks.mark(account, clock())
 
         _clients[key] = ProviderClients(
             StoredCredentials(settings), on_rate_limit=learn, on_send=sent
