@@ -125,12 +125,10 @@ def _move(
     lease_s: float | None,
     only_from: frozenset[State] | None,
     fields: dict[str, Any],
-    logs: list[dict[str, Any]] | None = None,
 ) -> list[str]:
     """The one compare-and-set of the state machine: move the operations `which` selects
     that may enter `to` now; return the ids it moved. Entering `running` takes a
-    lease of `lease_s` seconds. `logs` (`log_row`s) are written with it, whether or
-    not it moved: into a terminal state on PostgreSQL, in its statement."""
+    lease of `lease_s` seconds."""
     values: dict[str, Any] = {"state": to.value, "updated_at": now, **fields}
     if to is State.RUNNING:
         assert lease_s is not None, "entering running needs a lease"
@@ -139,15 +137,11 @@ def _move(
     # objects are not touched, as `_NO_SYNC` asks of the ORM's.
     statement = update(_OPERATIONS).where(which, _may_enter(to, now, only_from)).values(**values)
     if to in TERMINAL and session.get_bind().dialect.name == "postgresql":
-        # The move, the notifications it owes and its log lines in one statement.
-        ending = webhook_outbox.ending(statement, now=now)
-        if logs:
-            ending = ending.add_cte(insert(_LOGS).values(logs).cte("logged"))
-        moved = list(session.scalars(ending))
+        # The move and the notifications it owes in one statement (a round trip fewer).
+        moved = list(session.scalars(webhook_outbox.ending(statement, now=now)))
         if moved:
             _note_finished(session, to, len(moved))
         return moved
-    insert_rows(session, _LOGS, logs or [])
     moved = list(session.scalars(statement.returning(_OPERATIONS.c.id)))
     _note_ended(session, to, moved, now)
     return moved
@@ -411,10 +405,9 @@ def _end_alone(session: Session, move: _Move, logs: list[dict[str, Any]]) -> boo
     """One operation's move into a terminal state with its log lines (written whether or
     not it moved); on PostgreSQL one statement with the notifications it owes."""
     if session.get_bind().dialect.name != "postgresql":
+        insert_rows(session, _LOGS, logs)
         which = Operation.id == move.operation_id
-        return bool(
-            _move(session, which, move.to, move.now, None, move.only_from, move.fields, logs)
-        )
+        return bool(_move(session, which, move.to, move.now, None, move.only_from, move.fields))
     names = tuple(sorted(move.fields))
     statement = _ending_alone(move.to, move.only_from, names, len(logs))
     params: dict[str, Any] = {"e_id": move.operation_id, "e_now": move.now}
