@@ -77,8 +77,9 @@ class Sample:
 
 
 class Counters:
-    """SQL statements, transactions and pool checkouts (each one a pre-ping: a round
-    trip), from engine events, and Redis commands (the client's), per measured task."""
+    """SQL statements, transactions and pool checkouts (each a ping round trip when the
+    connection sat idle a second, `store.db.ping_when_idle`), from engine events, and
+    Redis commands (the client's), per measured task."""
 
     def __init__(self, wiring: Wiring) -> None:
         self.sql = self.transactions = self.checkouts = self.redis = 0
