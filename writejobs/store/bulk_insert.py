@@ -21,6 +21,7 @@ from enum import Enum
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from sqlalchemy import JSON, Table, insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -38,7 +39,10 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
     columns = _columns(table, rows)
     driver = connection.connection.driver_connection
     assert isinstance(driver, psycopg.Connection)
-    statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    # Quoted names: a column may be a keyword (`timestamp` is, `user` would be).
+    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(table.name), sql.SQL(", ").join(map(sql.Identifier, columns))
+    )
     plan = _plan(table, columns)
     try:
         with driver.cursor() as cursor, cursor.copy(statement) as copy:
@@ -46,7 +50,7 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
                 copy.write_row(_row(plan, row))
     except psycopg.Error as exc:
         raise DBAPIError.instance(
-            statement, None, exc, psycopg.Error, hide_parameters=True
+            statement.as_string(driver), None, exc, psycopg.Error, hide_parameters=True
         ) from exc
 
 
