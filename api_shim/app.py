@@ -39,6 +39,8 @@ def create_app(settings: Settings | None = None, *, wiring: Wiring | None = None
     and hands anything unusual to the app, so errors keep the app's shape.
     """
     settings = settings or load_settings()
+    # A wiring handed in stays its caller's to close; one made here is closed at shutdown.
+    owned = wiring is None
     wiring = wiring or wire(settings)
 
     @asynccontextmanager
@@ -46,6 +48,8 @@ def create_app(settings: Settings | None = None, *, wiring: Wiring | None = None
         yield
         # Writes answered but not yet handed to Redis go now, not at the sweeps' next look.
         await run_in_threadpool(wiring.hand_offs.wait_idle, SHUTDOWN_HAND_OFF_S)
+        if owned:
+            wiring.close()
 
     # /docs with Swagger UI served from the package, not a CDN: installations without
     # internet access (and the browser tests) see the API's docs too.

@@ -88,7 +88,7 @@ def harness(settings: Settings, own_sandbox: str) -> Iterator[Harness]:
     )
     tenant = create_tenant(settings, "http://api.invalid", own_sandbox, provider="salesforce")
     yield Harness(deps, wiring, tenant, own_sandbox, retries)
-    wiring.redis.close()
+    wiring.close()
 
 
 def test_a_job_an_earlier_attempt_closed_is_followed_not_started_again(harness: Harness) -> None:

@@ -211,5 +211,4 @@ def test_the_api_answers_500_only_once_the_crashed_sync_write_is_failed(
         ).operations
     assert (op.state, op.errors) == (State.FAILED.value, [REASON])
     assert provider.calls == 1
-    wiring.redis.close()
-    wiring.deps.sessions.kw["bind"].dispose()
+    wiring.close()

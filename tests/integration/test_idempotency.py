@@ -6,6 +6,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -85,8 +86,8 @@ class System:
 def system(settings: Settings, own_sandbox: str) -> Iterator[System]:
     """An API of the test's own on a clock the test moves, and a sandbox of its own."""
     clock = ManualClock()
-    wiring = wire(settings, clock=clock)
     with (
+        closing(wire(settings, clock=clock)) as wiring,
         serve_in_thread(create_app(settings, wiring=wiring)) as api_url,
         httpx.Client(base_url=own_sandbox, timeout=30) as sandbox,
     ):
@@ -299,8 +300,7 @@ def test_a_provider_outage_frees_the_key_so_the_write_can_be_tried_again(system:
 def test_a_repeated_bulk_upsert_gets_the_same_operation_id(
     settings: Settings, own_sandbox: str
 ) -> None:
-    wiring = wire(settings)
-    with serve_in_thread(create_app(settings, wiring=wiring)) as api_url:
+    with serve_in_thread(create_app(settings)) as api_url:
         tenant = create_tenant(settings, api_url, own_sandbox, provider="salesforce")
         body = {
             "groupRef": tenant.group_ref,

@@ -42,4 +42,4 @@ def test_sending_a_task_to_a_silent_broker_fails_instead_of_hanging(silent: Sett
         with pytest.raises((KombuOperationalError, redis.RedisError, OSError)):
             wiring.sender.send_task(task_names.WRITE_OPERATION, args=["an-operation-id"])
     finally:
-        wiring.redis.close()
+        wiring.close()

@@ -84,4 +84,4 @@ def parked_system(settings: Settings, sandbox_url: str) -> Iterator[Parked]:
     wiring.redis.delete(own.celery_queue)
     # Each parked system has an engine of its own: left open, their idle connections
     # add up to PostgreSQL's max_connections over a run.
-    wiring.deps.sessions.kw["bind"].dispose()
+    wiring.close()

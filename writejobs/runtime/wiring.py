@@ -55,6 +55,16 @@ class Wiring:
     # Hands committed operations to Redis after the API's answer (accept_async_write).
     hand_offs: HandOffs
 
+    def close(self) -> None:
+        """Let go of the store's pooled connections and of the Redis, Celery and HTTP
+        clients, for a process that is done with this wiring but goes on (an API served
+        in a thread, a test). Left open, the group committer's threads keep the engine,
+        and so its idle database connections, for the life of the process."""
+        self.deps.sessions.kw["bind"].dispose()
+        self.redis.close()
+        self.sender.close()
+        self.webhooks.client.close()
+
 
 def wire(settings: Settings, *, clock: Clock = utcnow) -> Wiring:
     failpoint = Failpoints(settings.failpoints, settings.data_dir)
