@@ -4,6 +4,7 @@ the sandbox served over loopback HTTP; a real Celery worker process."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import uuid
 from collections.abc import Iterator
@@ -139,6 +140,25 @@ def heavy(backend: str) -> None:
     """Long tests run on one backend: the external database when there is one."""
     if backend != _backends()[-1]:
         pytest.skip("long test: runs once, on " + _backends()[-1])
+
+
+@pytest.fixture(autouse=True)
+def _load_tests_one_at_a_time(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """A test marked `load` holds a lock that every session of this run shares, so two
+    of them never share the machine's cores and PostgreSQL's connections: the other
+    session waits for it when it reaches one too. The lock sits in the run's temporary
+    directory, which holds each xdist worker's own (so other runs are not held up)."""
+    if request.node.get_closest_marker("load") is None:
+        yield
+        return
+    run_dir = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        run_dir = run_dir.parent
+    with open(run_dir / "load-tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -80,6 +80,7 @@ def scaled_api(scaled: Settings) -> Iterator[str]:
         yield url
 
 
+@pytest.mark.load
 @pytest.mark.timeout(300)
 def test_250_records_become_batches_of_100_100_and_50_in_real_time(
     settings: Settings, api_url: str, own_sandbox: str, worker: object, heavy: None
@@ -127,6 +128,7 @@ def test_250_records_become_batches_of_100_100_and_50_in_real_time(
         assert 60 <= (_ts(flushed["timestamp"]) - first_of_last).total_seconds() <= 62
 
 
+@pytest.mark.load
 @pytest.mark.timeout(600)
 def test_two_schedulers_and_concurrent_intake_flush_every_record_exactly_once(
     scaled: Settings, own_sandbox: str, heavy: None

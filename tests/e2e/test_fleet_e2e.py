@@ -34,7 +34,7 @@ from writejobs.settings import Settings
 from writejobs.store.db import create_session_factory, create_store_engine
 from writejobs.store.tables import Operation
 
-pytestmark = [pytest.mark.usefixtures("heavy"), pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.usefixtures("heavy"), pytest.mark.timeout(600), pytest.mark.load]
 
 RECORDS = 20_000
 CLIENTS = 8

@@ -66,6 +66,7 @@ def _post(tenant: Tenant, client: httpx.Client, body: dict[str, Any], obj: str =
     return str(response.json()["operationId"])
 
 
+@pytest.mark.load
 @pytest.mark.timeout(600)
 def test_through_503s_and_429_bursts_every_record_succeeds_and_retry_after_is_honoured(
     fleet: Settings, own_sandbox: str, heavy: None
