@@ -139,6 +139,11 @@ def test_two_apis_two_schedulers_three_workers_write_20000_records_exactly_once(
             "flower_port": flower_port,
             "flower_basic_auth": "ops:fleet-test",
             "celery_queue": queue,
+            # A policy minute lasts 15 s: the last auto-batch group, short of 100, flushes
+            # 15 s after its first record instead of a minute (groups of 100 fill within a
+            # second or two at this intake). Deadlines, at 15 min, stay past the test's
+            # own timeout.
+            "policy_time_scale": 0.25,
         }
     )
     with ExitStack() as stack:
