@@ -110,18 +110,7 @@ def test_async_batch_with_every_record_rejected_ends_failure_with_reasons_in_log
 
 def test_installation_operations_are_listed_in_pages(tenant: Tenant) -> None:
     with tenant.client() as client:
-        ids = [
-            client.post(
-                tenant.write_path(),
-                json={
-                    "groupRef": tenant.group_ref,
-                    "type": "create",
-                    "mode": "asynchronous",
-                    "record": {"email": _email()},
-                },
-            ).json()["operationId"]
-            for _ in range(5)
-        ]
+        ids = _async_creates(client, tenant, 5)
         path = (
             f"/v1/projects/{tenant.project_id}/integrations/{tenant.integration_id}"
             f"/installations/{tenant.installation_id}/operations"
@@ -200,18 +189,7 @@ def test_flower_gets_each_write_task_received_started_and_succeeded(
 ) -> None:
     with task_events(settings) as events, tenant.client() as client:
         # given three asynchronous writes
-        op_ids = [
-            client.post(
-                tenant.write_path(),
-                json={
-                    "groupRef": tenant.group_ref,
-                    "type": "create",
-                    "mode": "asynchronous",
-                    "record": {"email": _email()},
-                },
-            ).json()["operationId"]
-            for _ in range(3)
-        ]
+        op_ids = _async_creates(client, tenant, 3)
         tenant.wait_terminal(op_ids)
         # then each task's events reach the listener (sent in batches, soon after)
         deadline = time.monotonic() + 15
@@ -226,3 +204,14 @@ def test_flower_gets_each_write_task_received_started_and_succeeded(
     for task_id in ours:
         for kind in ("task-received", "task-started", "task-succeeded"):
             assert (kind, task_id) in kinds, (kind, task_id, kinds)
+
+
+def _async_creates(client: httpx.Client, tenant: Tenant, count: int) -> list[str]:
+    """`count` asynchronous single-record creates; their operation ids."""
+    body = {"groupRef": tenant.group_ref, "type": "create", "mode": "asynchronous"}
+    return [
+        client.post(tenant.write_path(), json={**body, "record": {"email": _email()}}).json()[
+            "operationId"
+        ]
+        for _ in range(count)
+    ]
