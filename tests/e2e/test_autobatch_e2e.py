@@ -133,9 +133,16 @@ def test_250_records_become_batches_of_100_100_and_50_in_real_time(
 def test_two_schedulers_and_concurrent_intake_flush_every_record_exactly_once(
     scaled: Settings, own_sandbox: str, heavy: None
 ) -> None:
-    # Given a queue, a worker, an API process and two schedulers of this test's own
+    # Given a queue, a worker, an API process and two schedulers of this test's own; no
+    # process dies here, so the running lease is long: on a machine at load 20 a 3 s lease
+    # lapsed under a live worker and its batch was taken over and sent again (at least
+    # once is what a lapsed lease promises; this test is about the flushes racing)
     own = scaled.model_copy(
-        update={"celery_queue": f"load-{uuid.uuid4().hex[:6]}", "policy_time_scale": 0.5}
+        update={
+            "celery_queue": f"load-{uuid.uuid4().hex[:6]}",
+            "policy_time_scale": 0.5,
+            "running_lease_s": 30.0,
+        }
     )
     with running_api(own) as api, running_worker(own, concurrency=2):
         tenant = create_tenant(own, api, own_sandbox)
