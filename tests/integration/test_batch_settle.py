@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, select
 
 from tests.support.core import Core, core
 from writejobs.clock import as_utc
@@ -18,7 +18,9 @@ from writejobs.execution.batch import run_batch
 from writejobs.execution.settle import expire
 from writejobs.providers.base import BatchOutcome
 from writejobs.settings import Settings
-from writejobs.store import operations_repo
+from writejobs.store import operations_repo, webhook_destinations
+from writejobs.store.secrets import cipher_for
+from writejobs.store.webhook_tables import WebhookDelivery
 
 POLICY = {"mode": "asynchronous", "autoBatchPolicy": {"maxDelayMinutes": 1}}
 
@@ -126,3 +128,60 @@ def test_members_that_failed_retryably_are_written_by_their_retry_batch_once_it_
     assert [len(records) for records in c.provider.seen] == [3, 1]
     messages = [entry.msg for entry in c.logs(ids[1])]
     assert messages.count("attempt started") == 2 and messages[-1] == "write finished: succeeded"
+
+
+def test_each_member_is_written_its_own_values_and_owes_one_notification_per_end(
+    c: Core,
+) -> None:
+    # given a project with a webhook destination, and a batch of four: two the provider
+    # writes, one it refuses, one it cannot take now; the watchdog ends one of the
+    # written ones while the call runs
+    with c.deps.sessions() as session:
+        destination, _ = webhook_destinations.add(
+            session,
+            c.tenant.project_id,
+            "https://example.com/hook",
+            cipher=cipher_for(c.settings),
+            now=c.clock(),
+        )
+        session.commit()
+    batch_id, ids = flushed_batch(c, ["ok", "ok", "reject", "retry"])
+    real_write = c.provider.write_batch
+
+    def slow_write(*args: Any, **kwargs: Any) -> BatchOutcome:
+        with c.deps.sessions() as session:
+            op = operations_repo.get_operation(session, ids[1])
+            assert op is not None
+            assert expire(session, op, "expired by the watchdog (test)", now=c.clock())
+            session.commit()
+        return real_write(*args, **kwargs)
+
+    c.provider.write_batch = slow_write  # type: ignore[method-assign]
+
+    # when the delivery settles them
+    assert run_batch(batch_id, c.deps) == {"succeeded": 2, "failed": 1, "retrying": 1}
+
+    # then each moved member holds its own outcome, the expired one what the watchdog gave it
+    ok, ended, rejected, waiting = map(c.operation, ids)
+    assert (ok.state, ok.success_count, ok.failure_count) == ("succeeded", 1, 0)
+    assert ok.results is not None and ok.results[0]["success"] is True
+    assert ok.result_summary == f"[contacts] Write succeeded (recordId {ok.results[0]['recordId']})"
+    assert not ok.errors and ok.next_attempt_at is None and ok.updated_at is not None
+    assert ended.state == "expired" and ended.result_summary is not None
+    assert "deadline exceeded" in ended.result_summary
+    assert (rejected.state, rejected.success_count, rejected.failure_count) == ("failed", 0, 1)
+    assert rejected.errors and rejected.errors[-1].startswith("record 0: ")
+    assert rejected.results is not None and rejected.results[0]["success"] is False
+    assert waiting.state == "retrying" and waiting.next_attempt_at is not None
+    assert as_utc(waiting.next_attempt_at) > c.clock() and waiting.backoff_failures == 1
+    assert waiting.result_summary is not None and waiting.result_summary.startswith(
+        "[contacts] Retrying"
+    )
+    # ...and each operation that ended is owed one notification, the retrying one none
+    with c.deps.sessions() as session:
+        owed = session.scalars(
+            select(WebhookDelivery.operation_id).where(
+                WebhookDelivery.destination_id == destination.id
+            )
+        ).all()
+    assert sorted(owed) == sorted([ok.id, ended.id, rejected.id])

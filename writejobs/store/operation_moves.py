@@ -18,14 +18,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     ColumnElement,
     DateTime,
     Executable,
     Table,
     and_,
     bindparam,
+    column,
     event,
     false,
+    func,
     insert,
     or_,
     select,
@@ -397,8 +400,12 @@ def deferred(session: Session, *, moves: bool = True) -> Iterator[None]:
             tuple(sorted(move.fields)),
         )
         kinds.setdefault(kind, []).append(move)
+    postgres = session.get_bind().dialect.name == "postgresql"
     for alike in kinds.values():
-        _move_many(session, alike)
+        if postgres and len(alike) > 1:
+            _move_set(session, alike)
+        else:
+            _move_many(session, alike)
 
 
 def _end_alone(session: Session, move: _Move, logs: list[dict[str, Any]]) -> bool:
@@ -449,6 +456,62 @@ def _ending_alone(
         logged = insert(_LOGS).from_select(list(_LOG_COLUMNS), lines_in).cte("logged")
         statement = statement.add_cte(logged)
     return statement
+
+
+def _move_set(session: Session, moves: list[_Move]) -> None:
+    """PostgreSQL: moves alike but for their values in one statement, `UPDATE … FROM` the
+    members' values as one JSON parameter, that also owes the notifications of the
+    operations it ends (`webhook_outbox.ending`). An executemany ran one UPDATE per
+    member: a hundred executions on the server, and a hundred parameter sets adapted
+    by the client, for a batch that settles."""
+    first = moves[0]
+    names = tuple(sorted(first.fields))
+    statement = _set_statement(first.to, first.only_from, first.unless_cancel_requested, names)
+    rows = [{"m_id": m.operation_id, **{n: _json_value(m.fields[n]) for n in names}} for m in moves]
+    moved = list(session.scalars(statement, {"m_rows": rows, "m_now": first.now}))
+    if len(moved) < len(moves):
+        for op_id in {m.operation_id for m in moves} - set(moved):
+            log.info("operation %s: not moved to %s (state changed elsewhere)", op_id, first.to)
+    if moved and first.to in TERMINAL:
+        _note_finished(session, first.to, len(moved))
+
+
+def _json_value(value: Any) -> Any:
+    """A column's value as `json_to_recordset` reads it back (a time as ISO 8601, with
+    its zone: every time here is aware)."""
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+@functools.lru_cache(maxsize=64)
+def _set_statement(
+    to: State,
+    only_from: frozenset[State] | None,
+    unless_cancel_requested: bool,
+    names: tuple[str, ...],
+) -> Executable:
+    """`_move_set`'s statement for one shape of move, built once (every value a parameter)."""
+    at = bindparam("m_now", type_=DateTime(timezone=True))
+    # The members' values, typed as their columns: a JSON column's value is its JSON text.
+    values = (
+        func.json_to_recordset(bindparam("m_rows", type_=JSON))
+        .table_valued(
+            column("m_id", _OPERATIONS.c.id.type),
+            *(column(n, _OPERATIONS.c[n].type) for n in names),
+        )
+        .render_derived(name="m", with_types=True)
+    )
+    move = (
+        update(_OPERATIONS)
+        .where(
+            _OPERATIONS.c.id == values.c.m_id,
+            _may_enter(to, at, only_from),
+            _OPERATIONS.c.cancel_requested_at.is_(None) if unless_cancel_requested else true(),
+        )
+        .values(state=to.value, updated_at=at, **{n: values.c[n] for n in names})
+    )
+    if to in TERMINAL:
+        return webhook_outbox.ending(move, now=at)
+    return move.returning(_OPERATIONS.c.id)
 
 
 def _move_many(session: Session, moves: list[_Move]) -> None:
