@@ -93,6 +93,9 @@ class Installation(Base):
 
 # The states `ix_operations_state` holds on PostgreSQL: those its readers ask for.
 STATE_INDEXED: tuple[str, ...] = ("pending", "queued", "running", "retrying", "expired")
+# The predicate of the indexes by state and creation time (PostgreSQL): every state
+# but `running`, which `ix_operations_state` holds (it is in STATE_INDEXED).
+NOT_RUNNING = text("state <> 'running'")
 
 
 class Operation(Base):
@@ -115,12 +118,18 @@ class Operation(Base):
             postgresql_where=text(f"state IN ({', '.join(repr(s) for s in STATE_INDEXED)})"),
         ),
         # The console's filters (store/console_queries.py): one keyset range per state.
+        # On PostgreSQL these three hold no `running` row (NOT_RUNNING), so the take,
+        # the move every attempt makes, adds no entry to them: the few running rows
+        # (the attempts in flight) are found by `ix_operations_state` and filtered.
+        # SQLite keeps them whole (its planner would not prove `state = 'x'` meets
+        # `state <> 'running'`).
         Index(
             "ix_operations_installation_state_created",
             "installation_id",
             "state",
             "created_at",
             "id",
+            postgresql_where=NOT_RUNNING,
         ),
         Index(
             "ix_operations_installation_object_state_created",
@@ -129,6 +138,7 @@ class Operation(Base):
             "state",
             "created_at",
             "id",
+            postgresql_where=NOT_RUNNING,
         ),
         # Only the few operations whose hand-off failed are in it (see store.handoffs).
         Index(
@@ -138,7 +148,14 @@ class Operation(Base):
             sqlite_where=text("handoff_failed_at IS NOT NULL"),
         ),
         # Dead letters across a project's installations (store/dead_letters.py).
-        Index("ix_operations_project_state_created", "project_id", "state", "created_at", "id"),
+        Index(
+            "ix_operations_project_state_created",
+            "project_id",
+            "state",
+            "created_at",
+            "id",
+            postgresql_where=NOT_RUNNING,
+        ),
         # Both are looked up by value only (a batch's members, an original's replay), so
         # the operations without one, most of them, are left out.
         Index(
