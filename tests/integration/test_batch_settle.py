@@ -185,3 +185,22 @@ def test_each_member_is_written_its_own_values_and_owes_one_notification_per_end
             )
         ).all()
     assert sorted(owed) == sorted([ok.id, ended.id, rejected.id])
+
+
+def test_a_call_that_failed_no_record_retryably_reads_no_cancels(c: Core) -> None:
+    # given a batch whose members the provider writes or refuses, none it cannot take now
+    batch_id, ids = flushed_batch(c, ["ok", "reject", "ok"])
+    engine = c.deps.sessions.kw["bind"]
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", note)
+
+    # when the delivery settles them
+    assert run_batch(batch_id, c.deps) == {"succeeded": 2, "failed": 1}
+
+    # then no member is asked about a cancel: each ended, which a cancel would not change
+    assert not [s for s in seen if "cancel_requested_at IS NOT NULL" in s], seen
+    assert [c.operation(i).state for i in ids] == ["succeeded", "failed", "succeeded"]

@@ -25,7 +25,7 @@ from writejobs.execution.run import (
     claim_own_duplicates,
     request_items,
 )
-from writejobs.execution.settle import Attempt, settle
+from writejobs.execution.settle import Attempt, ends_the_write, settle
 from writejobs.providers.base import WriteItem, WriteOptions
 from writejobs.store import operations_repo, tenants_repo, worker_reads
 from writejobs.store.db import pinned_session
@@ -129,8 +129,14 @@ def _write_members(
     now = deps.clock()
     counts: dict[str, int] = {}
     waiting: dict[str, datetime] = {}
-    # Cancels asked for while the call ran, read once for every member.
-    cancels = operations_repo.cancels_requested(session, [op.id for op in taken])
+    # Cancels asked for while the call ran, read once for every member; only a member
+    # left to retry heeds one (one that ends stays ended), so a call that failed no
+    # record retryably reads none (None: a member settles reading its own, if it must).
+    cancels = (
+        None
+        if ends_the_write(attempt)
+        else operations_repo.cancels_requested(session, [op.id for op in taken])
+    )
     # Each member settles on its own; their log lines and moves are written together.
     with operations_repo.deferred(session):
         for index, op in enumerate(taken):
@@ -145,7 +151,7 @@ def _write_members(
                 now=now,
                 may_retry=True,
                 rng=deps.rng,
-                cancel_requested=op.id in cancels,
+                cancel_requested=None if cancels is None else op.id in cancels,
             )
             counts[settled.state.value] = counts.get(settled.state.value, 0) + 1
             if settled.state is State.RETRYING and settled.next_attempt_at is not None:

@@ -27,6 +27,7 @@ from writejobs.core.operations import TERMINAL, State
 
 # The state machine's moves live in operation_moves; callers reach them through here too.
 from writejobs.store.bulk_insert import insert_rows
+from writejobs.store.id_sets import among
 from writejobs.store.operation_moves import _may_enter, defer_log
 from writejobs.store.operation_moves import assign_batch as assign_batch
 from writejobs.store.operation_moves import assign_batch_ids as assign_batch_ids
@@ -377,7 +378,7 @@ def cancel_requested(session: Session, operation_id: str) -> bool:
 def cancels_requested(session: Session, operation_ids: list[str]) -> set[str]:
     """Which of these operations a cancel was asked for, in one read."""
     statement = select(Operation.id).where(
-        Operation.id.in_(operation_ids), Operation.cancel_requested_at.is_not(None)
+        among(session, Operation.id, operation_ids), Operation.cancel_requested_at.is_not(None)
     )
     return set(session.scalars(statement))
 
