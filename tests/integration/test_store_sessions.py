@@ -15,6 +15,7 @@ from tests.integration.test_state_machine import an_operation
 from tests.support.core import Core, core
 from writejobs.core.operations import State
 from writejobs.settings import Settings
+from writejobs.store import worker_reads
 from writejobs.store.db import ping_when_idle, pinned_session, statements_alone
 from writejobs.store.tables import Operation
 
@@ -94,3 +95,18 @@ def test_a_connection_idle_in_the_pool_is_pinged_and_a_dead_one_replaced(
     finally:
         engine.dispose()
         killer.dispose()
+
+
+def test_the_workers_first_read_finds_each_operation_with_its_installation(c: Core) -> None:
+    # One statement, built once, serves every task: each read must find its own id.
+    first, second = an_operation(c, State.QUEUED), an_operation(c, State.RETRYING)
+    with pinned_session(c.deps.sessions) as session:
+        for op_id, state in ((first, State.QUEUED), (second, State.RETRYING)):
+            with statements_alone(session):
+                found = worker_reads.operation_with_installation(session, op_id)
+            assert found is not None
+            op, installation = found
+            assert (op.id, op.state) == (op_id, state.value)
+            assert installation.id == op.installation_id
+        with statements_alone(session):
+            assert worker_reads.operation_with_installation(session, "no-such-op") is None

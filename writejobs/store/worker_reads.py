@@ -13,24 +13,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from writejobs.core.operations import State
 from writejobs.store.operation_moves import _may_enter
 from writejobs.store.tables import Installation, Operation
 
+# `operation_with_installation`'s statement, built once with its id a parameter: every
+# task reads with it, and building it (its clauses, then its cache key, which a
+# statement object memoizes) cost more of a task's CPU than running it.
+_OPERATION_WITH_INSTALLATION = (
+    select(Operation, Installation)
+    .join(Installation, Installation.id == Operation.installation_id)
+    .where(Operation.id == bindparam("operation_id"))
+)
+
 
 def operation_with_installation(
     session: Session, operation_id: str
 ) -> tuple[Operation, Installation] | None:
     """An operation and its installation, read in one statement."""
-    statement = (
-        select(Operation, Installation)
-        .join(Installation, Installation.id == Operation.installation_id)
-        .where(Operation.id == operation_id)
-    )
-    row = session.execute(statement).first()
+    row = session.execute(_OPERATION_WITH_INSTALLATION, {"operation_id": operation_id}).first()
     return None if row is None else (row[0], row[1])
 
 
