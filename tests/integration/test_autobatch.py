@@ -53,6 +53,20 @@ def test_concurrent_writes_handed_off_together_fill_one_batch_and_start_the_next
     assert sorted(claim.member_ids) == sorted(rest)
 
 
+def test_appends_redis_answers_noscript_are_sent_again_once(parked: Parked) -> None:
+    # A Redis that lost its scripts (a restart) answers NOSCRIPT to the pipelined
+    # EVALSHA: the script is loaded and each of those appends is sent once more.
+    batcher = parked.wiring.batcher
+    real_sha = batcher._append.sha
+    batcher._append.sha = "0" * 40  # a script Redis does not hold
+    ids = [parked.write({"email": f"n{i}@example.com"}) for i in range(3)]
+    assert parked.wiring.hand_offs.wait_idle(10)
+    assert batcher._append.sha == real_sha
+    [claim] = batcher.flush_due(_later(1.05)).flushed
+    assert sorted(claim.member_ids) == sorted(ids)  # each buffered exactly once
+    assert {op.state for op in parked.ops(ids)} == {"queued"}
+
+
 def test_group_flushes_when_its_earliest_member_is_due(parked: Parked) -> None:
     ids = [parked.write({"email": f"t{i}@example.com"}) for i in range(3)]
     assert parked.wiring.batcher.flush_due(_later(0.9)).flushed == []

@@ -19,8 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from importlib import resources
+from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError
 from sqlalchemy.orm import Session, sessionmaker
 
 from writejobs.clock import Clock, as_utc
@@ -108,32 +110,59 @@ class AutoBatcher:
         """`buffer` for many operations in one round trip to Redis (the intake hands off
         what one group commit recorded); then flush each group they filled."""
         now = self.clock().timestamp()
-        pipe = self.redis.pipeline(transaction=False)
-        appends: list[tuple[str, str]] = []
+        appends: list[tuple[str, str, list[str], list[str | int]]] = []
         for op in ops:
             assert op.max_delay_s is not None
             group = group_key(op.installation_id, op.object_name, op.write_type)
             due_at = as_utc(op.created_at).timestamp() + op.max_delay_s
             batch_id = new_id()
-            self._append(
-                keys=[
-                    self.keys.buffer(group),
-                    self.keys.due,
-                    self.keys.batch(batch_id),
-                    self.keys.unsent,
-                ],
-                args=[group, op.id, repr(due_at), repr(now), self.batch_limit],
-                client=pipe,
-            )
-            appends.append((batch_id, group))
+            keys = [
+                self.keys.buffer(group),
+                self.keys.due,
+                self.keys.batch(batch_id),
+                self.keys.unsent,
+            ]
+            args: list[str | int] = [group, op.id, repr(due_at), repr(now), self.batch_limit]
+            appends.append((batch_id, group, keys, args))
         claims = [
             Claim(batch_id, group, "size", [_text(i) for i in ids])
-            for (batch_id, group), ids in zip(appends, pipe.execute(), strict=True)
+            for (batch_id, group, _, _), ids in zip(
+                appends, self._run_appends(appends), strict=True
+            )
             if ids
         ]
         for claim in claims:
             self.flush(claim)
         return claims
+
+    def _run_appends(
+        self, appends: Sequence[tuple[str, str, list[str], list[str | int]]]
+    ) -> list[Any]:
+        """Each append's reply, the appends sent as EVALSHA in one pipeline.
+
+        A pipeline of registered scripts would first ask `SCRIPT EXISTS` (a round
+        trip of its own) on every call; the script is cached by Redis, so only an
+        append Redis answered NOSCRIPT (it restarted, or its scripts were flushed)
+        is sent again, after loading the script, and never one that ran.
+        """
+        sha = self._append.sha
+        pipe = self.redis.pipeline(transaction=False)
+        for _, _, keys, args in appends:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            self._append.sha = self.redis.script_load(APPEND_SCRIPT)
+            retry = self.redis.pipeline(transaction=False)
+            for i in missing:
+                _, _, keys, args = appends[i]
+                retry.evalsha(self._append.sha, len(keys), *keys, *args)
+            for i, reply in zip(missing, retry.execute(raise_on_error=False), strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
     def flush_due(self, now: datetime, *, max_groups: int = 1000) -> TickReport:
         """Flush every group whose earliest member is due at `now` (at most 100 per batch)."""
