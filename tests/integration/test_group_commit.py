@@ -154,6 +154,38 @@ def test_coroutines_share_groups_and_each_returns_once_its_row_is_committed(
     assert committer.groups_committed - before < THREADS - 1
 
 
+class _CountingLoop(asyncio.SelectorEventLoop):
+    """An event loop that counts the wakeups other threads ask of it."""
+
+    wakeups = 0
+
+    def call_soon_threadsafe(self, *args: Any, **kwargs: Any) -> Any:
+        self.wakeups += 1
+        return super().call_soon_threadsafe(*args, **kwargs)
+
+
+def test_a_committed_group_wakes_its_event_loop_once(
+    committer: GroupCommitter, owner: Tenant, settings: Settings
+) -> None:
+    rows = [operation(owner) for _ in range(THREADS)]
+
+    async def write_all() -> None:
+        await asyncio.gather(*(committer.commit_async(row, []) for row in rows))
+
+    loop = _CountingLoop()
+    before = committer.groups_committed
+    try:
+        loop.run_until_complete(write_all())
+    finally:
+        loop.close()
+
+    assert count(settings, Operation, [row["id"] for row in rows], "id") == THREADS
+    groups = committer.groups_committed - before
+    assert groups < THREADS
+    # One wakeup per group, not one per write of it.
+    assert loop.wakeups == groups
+
+
 def test_with_several_threads_every_write_is_committed_once(
     settings: Settings, owner: Tenant
 ) -> None:

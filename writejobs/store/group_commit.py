@@ -55,17 +55,35 @@ class _Ticket:
     keys: Sequence[dict[str, Any]] = ()
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
-    # Called in the committer thread once the ticket's fate is known (asyncio callers).
-    then: Callable[[BaseException | None], None] | None = None
+    # An asyncio caller's loop and the future it awaits, settled on that loop.
+    loop: asyncio.AbstractEventLoop | None = None
+    committed: asyncio.Future[None] | None = None
 
     def finish(self, error: BaseException | None = None) -> None:
         self.error = error
-        if self.then is not None:
-            try:
-                self.then(error)
-            except RuntimeError:  # its event loop is closed (shutdown): nobody waits for it
-                log.debug("a committed write's event loop is gone")
+        if self.loop is not None and self.committed is not None:
+            _call_on(self.loop, _settle, self.committed, error)
         self.done.set()
+
+
+def _finish_committed(group: list[_Ticket]) -> None:
+    """Tell a committed group's writers: one wakeup per event loop for all of its
+    asyncio writers (each `call_soon_threadsafe` writes the loop's self-pipe, a
+    syscall and a loop wakeup of its own), then the threads waiting in `commit`."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for ticket in group:
+        if ticket.loop is not None and ticket.committed is not None:
+            by_loop.setdefault(ticket.loop, []).append(ticket.committed)
+        ticket.done.set()
+    for loop, futures in by_loop.items():
+        _call_on(loop, _settle_committed, futures)
+
+
+def _call_on(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:  # its event loop is closed (shutdown): nobody waits for it
+        log.debug("a committed write's event loop is gone")
 
 
 class GroupCommitter:
@@ -123,10 +141,7 @@ class GroupCommitter:
         loop = asyncio.get_running_loop()
         committed: asyncio.Future[None] = loop.create_future()
 
-        def wake(error: BaseException | None) -> None:
-            loop.call_soon_threadsafe(_settle, committed, error)
-
-        self._queue.put(_Ticket(operation, logs, keys, then=wake))
+        self._queue.put(_Ticket(operation, logs, keys, loop=loop, committed=committed))
         await committed
 
     def _ensure_started(self) -> None:
@@ -200,8 +215,7 @@ class GroupCommitter:
             return False
         with self._count_lock:
             self.groups_committed += 1
-        for ticket in group:
-            ticket.finish()
+        _finish_committed(group)
         return True
 
     def _write(self, session: Session, group: list[_Ticket]) -> None:
@@ -249,3 +263,9 @@ def _settle(committed: asyncio.Future[None], error: BaseException | None) -> Non
         committed.set_result(None)
     else:
         committed.set_exception(error)
+
+
+def _settle_committed(futures: list[asyncio.Future[None]]) -> None:
+    for committed in futures:
+        if not committed.cancelled():  # a request that went away: committed all the same
+            committed.set_result(None)
