@@ -18,8 +18,7 @@ from writejobs.execution.batch import run_batch
 from writejobs.execution.settle import expire
 from writejobs.providers.base import BatchOutcome
 from writejobs.settings import Settings
-from writejobs.store import operations_repo, webhook_destinations
-from writejobs.store.secrets import cipher_for
+from writejobs.store import operations_repo
 from writejobs.store.webhook_tables import WebhookDelivery
 
 POLICY = {"mode": "asynchronous", "autoBatchPolicy": {"maxDelayMinutes": 1}}
@@ -136,15 +135,7 @@ def test_each_member_is_written_its_own_values_and_owes_one_notification_per_end
     # given a project with a webhook destination, and a batch of four: two the provider
     # writes, one it refuses, one it cannot take now; the watchdog ends one of the
     # written ones while the call runs
-    with c.deps.sessions() as session:
-        destination, _ = webhook_destinations.add(
-            session,
-            c.tenant.project_id,
-            "https://example.com/hook",
-            cipher=cipher_for(c.settings),
-            now=c.clock(),
-        )
-        session.commit()
+    destination_id = c.add_webhook_destination("https://example.com/hook")
     batch_id, ids = flushed_batch(c, ["ok", "ok", "reject", "retry"])
     real_write = c.provider.write_batch
 
@@ -181,7 +172,7 @@ def test_each_member_is_written_its_own_values_and_owes_one_notification_per_end
     with c.deps.sessions() as session:
         owed = session.scalars(
             select(WebhookDelivery.operation_id).where(
-                WebhookDelivery.destination_id == destination.id
+                WebhookDelivery.destination_id == destination_id
             )
         ).all()
     assert sorted(owed) == sorted([ok.id, ended.id, rejected.id])

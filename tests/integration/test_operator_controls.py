@@ -20,9 +20,8 @@ from writejobs.intake import controls
 from writejobs.intake.replay import replay
 from writejobs.intake.write import WriteTarget, new_operation
 from writejobs.settings import Settings
-from writejobs.store import operations_repo, webhook_destinations
+from writejobs.store import operations_repo
 from writejobs.store.dead_letters import DeadLetterFilter, list_page
-from writejobs.store.secrets import cipher_for
 from writejobs.store.tables import Project
 from writejobs.store.webhook_tables import WebhookDelivery
 
@@ -175,15 +174,7 @@ def test_a_write_whose_deadline_comes_while_paused_expires_saying_it_waited(c: C
 def test_a_queued_operation_is_cancelled_at_once_and_its_task_finds_nothing_to_do(
     c: Core,
 ) -> None:
-    with c.deps.sessions() as session:
-        webhook_destinations.add(
-            session,
-            c.tenant.project_id,
-            "https://hooks.example.com/",
-            cipher=cipher_for(c.settings),
-            now=c.clock(),
-        )
-        session.commit()
+    c.add_webhook_destination("https://hooks.example.com/")
     op_id = c.accept({**ASYNC, "record": {"email": "a@example.com"}}).operation.id
 
     outcome = controls.cancel(c.deps, c.tenant.project_id, op_id, by="test")

@@ -37,8 +37,9 @@ from writejobs.providers.base import (
     WriteType,
 )
 from writejobs.settings import Settings
-from writejobs.store import operations_repo
+from writejobs.store import operations_repo, webhook_destinations
 from writejobs.store.db import create_session_factory, create_store_engine
+from writejobs.store.secrets import cipher_for
 from writejobs.store.tables import Installation, Operation, OperationLog, Project
 
 SEED = 20261201
@@ -198,6 +199,19 @@ class Core:
     def logs(self, operation_id: str) -> list[OperationLog]:
         with self.deps.sessions() as session:
             return operations_repo.list_logs(session, operation_id)
+
+    def add_webhook_destination(self, url: str) -> str:
+        """A webhook destination of the tenant's project, committed; its id."""
+        with self.deps.sessions() as session:
+            destination, _secret = webhook_destinations.add(
+                session,
+                self.tenant.project_id,
+                url,
+                cipher=cipher_for(self.settings),
+                now=self.clock(),
+            )
+            session.commit()
+            return destination.id
 
 
 @contextmanager
