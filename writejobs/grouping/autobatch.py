@@ -45,6 +45,8 @@ def _lua(name: str, *, with_claim: bool = False) -> str:
 
 
 APPEND_SCRIPT = _lua("append", with_claim=True)
+# One run of a script: its keys and its arguments.
+_ScriptCall = tuple[list[str], list[str | int]]
 CLAIM_DUE_SCRIPT = _lua("claim_due", with_claim=True)
 IS_BUFFERED_SCRIPT = _lua("is_buffered")
 
@@ -110,7 +112,8 @@ class AutoBatcher:
         """`buffer` for many operations in one round trip to Redis (the intake hands off
         what one group commit recorded); then flush each group they filled."""
         now = self.clock().timestamp()
-        appends: list[tuple[str, str, list[str], list[str | int]]] = []
+        targets: list[tuple[str, str]] = []
+        calls: list[_ScriptCall] = []
         for op in ops:
             assert op.max_delay_s is not None
             group = group_key(op.installation_id, op.object_name, op.write_type)
@@ -122,22 +125,18 @@ class AutoBatcher:
                 self.keys.batch(batch_id),
                 self.keys.unsent,
             ]
-            args: list[str | int] = [group, op.id, repr(due_at), repr(now), self.batch_limit]
-            appends.append((batch_id, group, keys, args))
+            targets.append((batch_id, group))
+            calls.append((keys, [group, op.id, repr(due_at), repr(now), self.batch_limit]))
         claims = [
             Claim(batch_id, group, "size", [_text(i) for i in ids])
-            for (batch_id, group, _, _), ids in zip(
-                appends, self._run_appends(appends), strict=True
-            )
+            for (batch_id, group), ids in zip(targets, self._run_appends(calls), strict=True)
             if ids
         ]
         for claim in claims:
             self.flush(claim)
         return claims
 
-    def _run_appends(
-        self, appends: Sequence[tuple[str, str, list[str], list[str | int]]]
-    ) -> list[Any]:
+    def _run_appends(self, calls: Sequence[_ScriptCall]) -> list[Any]:
         """Each append's reply, the appends sent as EVALSHA in one pipeline.
 
         A pipeline of registered scripts would first ask `SCRIPT EXISTS` (a round
@@ -145,23 +144,24 @@ class AutoBatcher:
         append Redis answered NOSCRIPT (it restarted, or its scripts were flushed)
         is sent again, after loading the script, and never one that ran.
         """
-        sha = self._append.sha
-        pipe = self.redis.pipeline(transaction=False)
-        for _, _, keys, args in appends:
-            pipe.evalsha(sha, len(keys), *keys, *args)
-        replies: list[Any] = pipe.execute(raise_on_error=False)
+        replies = self._evalsha_all(calls)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
             self._append.sha = self.redis.script_load(APPEND_SCRIPT)
-            retry = self.redis.pipeline(transaction=False)
-            for i in missing:
-                _, _, keys, args = appends[i]
-                retry.evalsha(self._append.sha, len(keys), *keys, *args)
-            for i, reply in zip(missing, retry.execute(raise_on_error=False), strict=True):
+            again = self._evalsha_all([calls[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
+        return replies
+
+    def _evalsha_all(self, calls: Sequence[_ScriptCall]) -> list[Any]:
+        """The append script's replies to `calls`, in one pipeline; errors as values."""
+        pipe = self.redis.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(self._append.sha, len(keys), *keys, *args)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
         return replies
 
     def flush_due(self, now: datetime, *, max_groups: int = 1000) -> TickReport:
