@@ -5,7 +5,9 @@ id, and one commit per write was the intake's bottleneck: SQLite takes one
 writer at a time, and each PostgreSQL commit is a round trip and a WAL flush.
 So request threads hand their rows to one committer thread and wait; it writes
 whatever arrived while the previous commit ran, in one transaction, and wakes
-them. A request still returns only once its own rows are committed.
+them. A request still returns only once its own rows are committed. On
+PostgreSQL a group without idempotency keys is one statement under autocommit
+(`bulk_insert.insert_rows_at_once`): one round trip from the committer.
 
 If a group's transaction fails, its writes are committed one by one, so one
 bad row fails only its own request. Each committer thread keeps its connection
@@ -34,8 +36,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from writejobs.store import idempotency_repo
-from writejobs.store.bulk_insert import insert_rows
-from writejobs.store.db import pinned_session
+from writejobs.store.bulk_insert import insert_rows, insert_rows_at_once
+from writejobs.store.db import pinned_session, statements_alone
 from writejobs.store.tables import Operation, OperationLog
 
 log = logging.getLogger(__name__)
@@ -219,13 +221,21 @@ class GroupCommitter:
         return True
 
     def _write(self, session: Session, group: list[_Ticket]) -> None:
+        operations = [t.operation for t in group]
+        logs = [row for t in group for row in t.logs]
+        keys = sorted((row for t in group for row in t.keys), key=_key_of)
+        if not keys:
+            # The common group: its operations and their lines in one statement, which
+            # on a pinned PostgreSQL connection is its own transaction (one round trip).
+            with statements_alone(session):
+                insert_rows_at_once(session, [(_OPERATIONS, operations), (_LOGS, logs)])
+            return
         # Keys first: on PostgreSQL a key another transaction holds waits here,
         # before this group has written anything; in one order, so two API
         # processes' groups never wait on each other's keys crosswise.
-        keys = sorted((row for t in group for row in t.keys), key=_key_of)
         idempotency_repo.insert_keys(session, keys)
-        insert_rows(session, _OPERATIONS, [t.operation for t in group])
-        insert_rows(session, _LOGS, [row for t in group for row in t.logs])
+        insert_rows(session, _OPERATIONS, operations)
+        insert_rows(session, _LOGS, logs)
         session.commit()
 
 
