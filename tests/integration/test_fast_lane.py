@@ -143,3 +143,19 @@ def test_a_body_too_large_for_the_lane_still_reaches_the_app_whole(
     with parked.wiring.deps.sessions() as session:
         op = operations_repo.get_operation(session, op_id)
     assert op is not None and op.request["record"]["notes"] == "x" * 80_000
+
+
+def test_a_record_holding_a_nul_is_accepted_and_stored_as_sent(
+    parked: Parked, lane_calls: list[str]
+) -> None:
+    # JSON allows "\u0000" in a string; PostgreSQL's text does not, its `json` type
+    # does. The group commit sends rows as JSON: a record's own text must survive.
+    warm(parked)
+    record = {"email": f"nul-{uuid.uuid4().hex[:8]}@example.com", "note": "a\u0000b"}
+    response = post(parked, body(parked, record=record))
+    assert response.status_code == 200
+    op_id = response.json()["operationId"]
+    assert lane_calls == [op_id]
+    with parked.wiring.deps.sessions() as session:
+        op = operations_repo.get_operation(session, op_id)
+    assert op is not None and op.request["record"] == record

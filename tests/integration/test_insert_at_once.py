@@ -48,10 +48,15 @@ def operation(tenant: Tenant, **fields: Any) -> dict[str, Any]:
         "write_type": "create",
         "mode": "asynchronous",
         "shape": "auto_batch",
-        # A payload with what JSON quoting must survive: quotes, a backslash, a tab,
-        # non-ASCII, nesting and a number too large for 64 bits.
+        # A payload with what JSON quoting must survive: quotes, a backslash, a tab, a
+        # NUL (the `json` type keeps it, text would not), non-ASCII, nesting and a
+        # number too large for 64 bits.
         "request": {
-            "record": {"name": 'O"Brien \\ \t Zoë', "tags": ["a", {"b": None}], "n": 2**70}
+            "record": {
+                "name": 'O"Brien \\ \t \x00 Zoë',
+                "tags": ["a", {"b": None}],
+                "n": 2**70,
+            }
         },
         "state": State.PENDING,
         "created_at": AT,

@@ -16,7 +16,7 @@ SQLAlchemy's (`IntegrityError` for a duplicate key), as an INSERT's would be.
 `insert_rows_at_once` is for the intake's group commit, whose whole transaction
 is its inserts: on PostgreSQL each table's rows travel as one JSON parameter
 (encoded by the json module's C code, not value by value in Python) and land
-through `json_populate_recordset`, every table in one statement of data-modifying
+through `json_to_recordset`, every table in one statement of data-modifying
 CTEs. Under autocommit that is one round trip for the whole group, against
 six for a transaction of two COPYs (BEGIN, two per COPY, COMMIT).
 """
@@ -82,13 +82,13 @@ def insert_rows_at_once(
         for table, rows in parts:
             insert_rows(session, table, rows)
         return
-    shapes: list[tuple[str, tuple[str, ...]]] = []
+    shapes: list[tuple[Table, tuple[str, ...]]] = []
     values: dict[str, str] = {}
     for i, (table, rows) in enumerate(parts):
         columns = _columns(table, rows)
-        shapes.append((table.name, tuple(columns)))
+        shapes.append((table, tuple(columns)))
         values[f"rows{i}"] = json.dumps(
-            _with_defaults(table, columns, rows),
+            _recordset_rows(table, columns, rows),
             default=_json_value,
             separators=(",", ":"),
             ensure_ascii=False,
@@ -97,46 +97,61 @@ def insert_rows_at_once(
 
 
 @lru_cache(maxsize=64)
-def _recordset_statement(dialect: Dialect, shapes: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
-    """One INSERT per (table, columns), the last one outer and the others CTEs."""
+def _recordset_statement(
+    dialect: Dialect, shapes: tuple[tuple[Table, tuple[str, ...]], ...]
+) -> str:
+    """One INSERT per (table, columns), the last one outer and the others CTEs.
+
+    A JSON column's values arrive as JSON text in a string and are cast by the
+    server: `json_to_recordset` de-escapes every string it meets, and a `\\u0000`
+    inside a record (which the `json` type keeps) would fail as text.
+    """
     quote = dialect.identifier_preparer.quote
     inserts = []
     for i, (table, columns) in enumerate(shapes):
-        names = ", ".join(map(quote, columns))
+        fields, picked = [], []
+        for name in columns:
+            is_json = isinstance(table.columns[name].type, JSON)
+            sql_type = "text" if is_json else table.columns[name].type.compile(dialect=dialect)
+            fields.append(f"{quote(name)} {sql_type}")
+            picked.append(f"CAST(r.{quote(name)} AS json)" if is_json else f"r.{quote(name)}")
         inserts.append(
-            f"INSERT INTO {quote(table)} ({names}) SELECT {names}"
-            f" FROM json_populate_recordset(NULL::{quote(table)}, CAST(:rows{i} AS json))"
+            f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, columns))})"
+            f" SELECT {', '.join(picked)}"
+            f" FROM json_to_recordset(CAST(:rows{i} AS json)) AS r({', '.join(fields)})"
         )
     ctes = [f"part{i} AS ({statement})" for i, statement in enumerate(inserts[:-1])]
     return (f"WITH {', '.join(ctes)} " if ctes else "") + inserts[-1]
 
 
-def _with_defaults(
+def _recordset_rows(
     table: Table, columns: list[str], rows: Sequence[dict[str, Any]]
 ) -> Sequence[dict[str, Any]]:
-    """The rows, each with every column that has a Python-side default (a missing key
-    is NULL to `json_populate_recordset`); rows that need one are copied, not changed."""
-    missing = [
-        (name, default)
-        for name, _convert, default in _plan(table, columns)
+    """The rows as `json_to_recordset` takes them: every column with a Python-side
+    default set (a missing key would be NULL), JSON columns as their JSON text.
+    Rows that change are copied; the caller's stay as they were."""
+    plan = {name: (convert, default) for name, convert, default in _plan(table, columns)}
+    encoded = [name for name in columns if isinstance(table.columns[name].type, JSON)]
+    defaulted = [
+        name
+        for name, (_convert, default) in plan.items()
         if default is not _NULL and not all(name in row for row in rows)
     ]
-    if not missing:
+    if not encoded and not defaulted:
         return rows
-    filled: list[dict[str, Any]] = []
+    shaped_rows: list[dict[str, Any]] = []
     for row in rows:
-        lacking = {
-            name: default(None) if callable(default) else _decoded(table, name, default)
-            for name, default in missing
-            if name not in row
-        }
-        filled.append({**row, **lacking} if lacking else row)
-    return filled
-
-
-def _decoded(table: Table, name: str, default: Any) -> Any:
-    # `_plan` gives a JSON column's constant default already encoded (for COPY).
-    return json.loads(default) if isinstance(table.columns[name].type, JSON) else default
+        shaped = dict(row)
+        for name in defaulted:
+            if name not in shaped:
+                convert, default = plan[name]
+                # As `_row` gives COPY: a constant default is converted already.
+                shaped[name] = convert(default(None)) if callable(default) else default
+        for name in encoded:
+            if name in row:
+                shaped[name] = json.dumps(row[name], separators=(",", ":"), ensure_ascii=False)
+        shaped_rows.append(shaped)
+    return shaped_rows
 
 
 def _json_value(value: Any) -> Any:
