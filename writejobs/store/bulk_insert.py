@@ -149,7 +149,8 @@ def _recordset_rows(
                 shaped[name] = convert(default(None)) if callable(default) else default
         for name in encoded:
             if name in row:
-                shaped[name] = json.dumps(row[name], separators=(",", ":"), ensure_ascii=False)
+                # ASCII, as COPY's: a lone surrogate stays an escape, never bytes UTF-8 lacks.
+                shaped[name] = json.dumps(row[name], separators=(",", ":"))
         shaped_rows.append(shaped)
     return shaped_rows
 
