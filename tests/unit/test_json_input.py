@@ -21,6 +21,12 @@ def nested(levels: int) -> bytes:
         (b'{"n": [-Infinity]}', "holds -Infinity"),
         (b'{"n": 1e400}', "n holds a number out of a double's range"),
         (b'{"n": [1, -1e999]}', "n[1] holds a number out of a double's range"),
+        (b'{"a": [{"b": 1.0}, {"c": 2e308}]}', "a[1].c holds a number out of a double's range"),
+        (b'{"n": 1e400, "m": NaN}', "holds NaN, which is not a JSON number"),
+        # Whichever the walk meets first is named, as before the parser's float check.
+        (b'{"n": 1e400, "m": ' + b"[" * 40 + b"]" * 40 + b"}", "n holds a number out of"),
+        (b'{"m": ' + b"[" * 40 + b"]" * 40 + b', "n": 1e400}', "nested deeper than 32 levels"),
+        (b"1e400", "request body holds a number out of a double's range"),
         (b'{"n": ' + b"1" * 5000 + b"}", "holds an integer of more than 100 digits"),
         (b'{"r": {"n": -' + b"9" * 101 + b"}}", "r.n holds an integer of more than 100 digits"),
         (b"1" * 150, "request body holds an integer of more than 100 digits"),
@@ -55,6 +61,8 @@ def test_what_real_records_hold_is_read_as_json_reads_it() -> None:
     assert document["max"] == 10**100 - 1
     assert document["pair"] == "\U0001f600"
     assert document["text"] == "prénom"
+    assert document["a"] == 1.5 and type(document["a"]) is float
+    assert str(document["neg"]) == "-0.0"
 
 
 def test_a_long_key_is_quoted_by_a_short_prefix_only() -> None:
@@ -75,7 +83,12 @@ def test_shown_cuts_a_long_value_and_says_how_long_it_was() -> None:
         (b'{"groupRef": "g", "record": {"email": "a@example.com", "n": 12, "x": 1.5e10}}', True),
         ('{"name": "Zoë"}'.encode(), True),
         (b'{"x": "\\u00e9"}', False),  # any escape: walked
-        (b'{"x": 1e400}', False),
+        # Floats are checked as they are parsed (`_finite`), so an exponent is no doubt.
+        (b'{"email": "b-1e234@example.com", "x": 1e400}', True),
+        (b'{"x": "\xed\xa0\x80"}', False),  # a surrogate's bytes
+        (b'{"x": "\xed\x9f\xbf"}', True),  # U+D7FF, the last code point before them
+        (b'{"x": "id-' + b"12345" * 21 + b'"}', False),  # 105 digits, if only in a string
+        (b'{"x": "id-' + b"12345" * 20 + b'"}', True),
         (b"[" * 33 + b"]" * 33, False),
         (b'{"x": ' + b"9" * 101 + b"}", False),
         ('{"x": 1}'.encode("utf-16"), False),

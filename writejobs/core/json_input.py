@@ -26,11 +26,12 @@ MAX_DEPTH = 32
 # More than any integer a CRM field holds (Salesforce: 18 digits).
 MAX_INTEGER_DIGITS = 100
 _INTEGER_LIMIT = 10**MAX_INTEGER_DIGITS
-# Digits enough for an integer past the limit, an exponent of three digits, or a
-# surrogate's own UTF-8 bytes (json.loads decodes bytes with "surrogatepass").
-_SUSPECT_BYTES = re.compile(
-    rb"[0-9]{%d}|[eE][+-]?[0-9]{3}|\xed[\xa0-\xbf]" % (MAX_INTEGER_DIGITS + 1)
-)
+# A surrogate's own UTF-8 bytes (json.loads decodes bytes with "surrogatepass").
+_SURROGATE_BYTES = re.compile(rb"\xed[\xa0-\xbf]")
+# Every digit as "0": a run of digits long enough for an integer past the limit is
+# then one substring search.
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGIT_RUN = b"0" * (MAX_INTEGER_DIGITS + 1)
 # How much of a caller's value an error message quotes.
 SHOWN_CHARS = 60
 
@@ -51,11 +52,19 @@ def load_json(body: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     than `max_depth` arrays and objects, and strings (or keys) holding a lone
     surrogate.
 
-    The stdlib parser does the parsing at C speed with no per-value hooks; one
-    pass over the result then checks what it let through.
+    The stdlib parser does the parsing at C speed, with one hook for float literals
+    (which stops at one out of range); one pass over the result then checks what
+    else it let through, unless the bytes alone show there is nothing to find.
     """
     try:
-        document = json.loads(body, parse_constant=_refuse_constant)
+        # json.loads(body, …) as it reads bytes, with decoders built once, not per call.
+        text = body.decode(json.detect_encoding(body), "surrogatepass")
+        try:
+            document = _DECODER.decode(text)
+        except _OutOfRange:
+            # Read again as it is, for `_check_tree` to say where the number is.
+            _check_tree(_PLAIN_DECODER.decode(text), max_depth)
+            raise ContractError(_out_of_range("request body")) from None  # not reached
     except RecursionError:
         raise ContractError(f"request body is nested deeper than {max_depth} levels") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -72,18 +81,40 @@ def _surely_harmless(body: bytes, max_depth: int) -> bool:
     """Whether `body` cannot hold what `_check_tree` looks for, by a few C-speed scans
     of the bytes (most write bodies are a small record): too few brackets to nest
     `max_depth` deep; no `\\u` escape and no surrogate's bytes (the two ways to a
-    lone surrogate); no run of digits or exponent long enough for an integer or a
-    float out of bounds. Any doubt, and the parsed tree is walked."""
+    lone surrogate); no run of digits long enough for an integer out of bounds.
+    (A float out of a double's range never gets this far: the parser's `_finite`
+    stops at it.) Any doubt, and the parsed tree is walked."""
     return (
         b"\x00" not in body[:4]  # UTF-8 (json.loads would detect UTF-16 or 32 by NULs)
         and body.count(b"[") + body.count(b"{") <= max_depth
         and b"\\u" not in body
-        and _SUSPECT_BYTES.search(body) is None
+        and (body.isascii() or _SURROGATE_BYTES.search(body) is None)
+        and (
+            len(body) <= MAX_INTEGER_DIGITS
+            or _LONG_DIGIT_RUN not in body.translate(_DIGITS_AS_ZERO)
+        )
     )
 
 
 def _refuse_constant(name: str) -> Any:
     raise ContractError(f"request body holds {name}, which is not a JSON number")
+
+
+class _OutOfRange(Exception):
+    """A float literal past a double's range (`1e400`), met while parsing."""
+
+
+def _finite(literal: str) -> float:
+    """The parser's reading of a float literal (as `float`), stopping at one out of range
+    (called for float literals only: most bodies hold few, integers are read in C)."""
+    value = float(literal)
+    if not isfinite(value):
+        raise _OutOfRange
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite)
+_PLAIN_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 def _too_many_digits(where: str = "request body") -> str:
