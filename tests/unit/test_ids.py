@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from writejobs.core.ids import new_id
+from writejobs.core.ids import new_id, uuid4_text
 
 
 def test_ids_are_distinct_version_4_uuids() -> None:
@@ -32,3 +32,10 @@ def test_a_forked_child_does_not_hand_out_the_parents_next_ids() -> None:
     parent_ids = {new_id() for _ in range(10)}
     assert len(child_ids) == 10
     assert not child_ids & parent_ids
+
+
+def test_the_text_is_what_uuid_makes_of_the_same_bytes() -> None:
+    samples = [os.urandom(16) for _ in range(2000)]
+    samples += [bytes([b]) * 16 for b in (0x00, 0xFF, 0x3F, 0x40, 0x80, 0xBF, 0xC0)]
+    for raw in samples:
+        assert uuid4_text(raw) == str(uuid.UUID(bytes=raw, version=4))
