@@ -17,7 +17,6 @@ keeps one shape, the app's.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable
@@ -98,7 +97,9 @@ async def _accept(
         return None
     op = accepted.operation
     state.metrics.count("writes_accepted", shape=op.shape)
-    return json.dumps({"operationId": op.id}, separators=(",", ":")).encode()
+    # `json.dumps({"operationId": op.id})`'s bytes: an id is a UUID's text (writejobs.core.ids),
+    # which JSON quotes as it is.
+    return b'{"operationId":"' + op.id.encode() + b'"}'
 
 
 async def _read_body(receive: Receive, limit_bytes: int) -> tuple[bytes, bool]:

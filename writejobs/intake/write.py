@@ -252,56 +252,55 @@ def _run_inline(
     return Accepted(op, outcome=outcome, provider_error=attempt.call_error)
 
 
+# The state a new operation starts in, by how it runs: auto-batched, asynchronous, or
+# synchronous (which runs at once, in its request, as its first attempt).
+_PENDING, _QUEUED, _RUNNING = State.PENDING.value, State.QUEUED.value, State.RUNNING.value
+
+
 def _new_operation(
     target: WriteTarget,
     request: WriteRequest,
     installation: Installation,
     deps: ExecutionDeps,
 ) -> dict[str, Any]:
-    """The new operation's INSERT values."""
+    """The new operation's INSERT values (`new_operation_row`'s, built in one go: this
+    runs once per write on the API's event loop)."""
     now = deps.clock()
-    scale = deps.settings.policy_time_scale
-    shape = "batch" if request.batch is not None else "single"
-    max_delay_s = None
-    if request.auto_batch_policy is not None:
-        shape = "auto_batch"
-        max_delay_s = request.auto_batch_policy.max_delay_minutes * 60 * scale
+    settings = deps.settings
+    scale = settings.policy_time_scale
+    is_async = request.is_async
+    batch = request.batch
+    policy = request.auto_batch_policy
+    row: dict[str, Any] = _base_row(target, installation, now)
+    if policy is not None:
+        max_delay_s = policy.max_delay_minutes * 60 * scale
         # The retry window opens at the flush, which comes at the latest when the
         # record's delay ends: so the deadline counts from there, not from arrival.
-        retry_s = request.auto_batch_policy.retry_deadline_hours * 3600 * scale
-        deadline_at = now + timedelta(seconds=max_delay_s + retry_s)
-    elif request.is_async:
-        hours = request.retry_policy.deadline_hours if request.retry_policy else 1
-        deadline_at = now + timedelta(hours=hours * scale)
+        retry_s = policy.retry_deadline_hours * 3600 * scale
+        row["deadline_at"] = now + timedelta(seconds=max_delay_s + retry_s)
+        row["max_delay_s"] = max_delay_s
+        row["shape"] = "auto_batch"
+        row["state"] = _PENDING
     else:
-        # Tried once, in this request, under a lease: if the API process dies holding
-        # it, nobody else may write it, and the watchdog ends it after this.
-        deadline_at = now + timedelta(seconds=deps.settings.sync_lease_s)
-    if request.auto_batch_policy is not None:
-        state = State.PENDING
-    elif request.is_async:
-        state = State.QUEUED
-    else:
-        # A synchronous write runs at once, in this request, as its first attempt.
-        state = State.RUNNING
-    return new_operation_row(
-        target,
-        installation,
-        now,
-        write_type=request.type,
-        mode=request.mode,
-        shape=shape,
-        request=request.model_dump(mode="json", by_alias=True, exclude_none=True),
-        state=state.value,
-        attempts=0 if request.is_async else 1,
-        record_count=len(request.batch) if request.batch is not None else 1,
-        deadline_at=deadline_at,
-        max_delay_s=max_delay_s,
-        lease_expires_at=None
-        if request.is_async
-        else now + timedelta(seconds=deps.settings.sync_lease_s),
-        last_attempt_at=None if request.is_async else now,
-    )
+        if is_async:
+            hours = request.retry_policy.deadline_hours if request.retry_policy else 1
+            row["deadline_at"] = now + timedelta(hours=hours * scale)
+            row["state"] = _QUEUED
+        else:
+            # Tried once, in this request, under a lease: if the API process dies holding
+            # it, nobody else may write it, and the watchdog ends it after this.
+            lease_expires_at = now + timedelta(seconds=settings.sync_lease_s)
+            row["deadline_at"] = lease_expires_at
+            row["lease_expires_at"] = lease_expires_at
+            row["last_attempt_at"] = now
+            row["attempts"] = 1
+            row["state"] = _RUNNING
+        row["shape"] = "single" if batch is None else "batch"
+    row["write_type"] = request.type
+    row["mode"] = request.mode
+    row["request"] = request.model_dump(mode="json", by_alias=True, exclude_none=True)
+    row["record_count"] = 1 if batch is None else len(batch)
+    return row
 
 
 def new_operation(
@@ -317,7 +316,14 @@ def new_operation_row(
 ) -> dict[str, Any]:
     """`new_operation` as its INSERT's values, with no ORM object. Unset fields are
     left out, so the columns' own defaults apply (a JSON column is SQL NULL, not null)."""
-    row: dict[str, Any] = {
+    row = _base_row(target, installation, now)
+    row.update(fields)
+    return {key: value for key, value in row.items() if value is not None}
+
+
+def _base_row(target: WriteTarget, installation: Installation, now: datetime) -> dict[str, Any]:
+    """What every new operation's row holds before its kind of write is said."""
+    row = {
         "id": new_id(),
         "project_id": target.project.id,
         "integration_id": installation.integration_id,
@@ -331,5 +337,6 @@ def new_operation_row(
         "success_count": 0,
         "failure_count": 0,
     }
-    row.update(fields)
-    return {key: value for key, value in row.items() if value is not None}
+    if row["config_id"] is None:
+        del row["config_id"]  # unset, as new_operation_row leaves every None out
+    return row

@@ -21,6 +21,7 @@ rendering makes them cumulative).
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import math
 import os
@@ -150,6 +151,12 @@ def field(name: str, labels: dict[str, str], part: str = "") -> str:
     return f"{name}{part}{{{inner}}}"
 
 
+@functools.lru_cache(maxsize=4096)
+def _counter_field(name: str, *labels: tuple[str, str]) -> str:
+    """`field(name, dict(labels))`, remembered: the API counts each accepted write."""
+    return field(name, dict(labels))
+
+
 def histogram_fields(name: str, value: float, labels: dict[str, str]) -> list[tuple[str, float]]:
     """The (field, increment) pairs that record one `value` of histogram `name`."""
     buckets = CATALOG[name].buckets
@@ -183,7 +190,7 @@ class Metrics:
         _recorders.add(self)
 
     def count(self, name: str, n: int = 1, **labels: str) -> None:
-        self._add([(field(name, labels), n)])
+        self._add([(_counter_field(name, *labels.items()), n)])
 
     def observe(self, name: str, value: float, **labels: str) -> None:
         self._add(histogram_fields(name, value, labels))
