@@ -7,6 +7,7 @@ A spy on the lane's `accept_async_write` tells which of the two answered.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -126,6 +127,37 @@ def test_anything_else_is_answered_by_the_app_in_its_own_shape(
         response = post(parked, body(parked), api_key="not-a-key")
         assert response.status_code == 401
         assert response.headers["content-type"] == "application/problem+json"
+    assert lane_calls == []
+
+
+@pytest.mark.parametrize(
+    ("record_json", "message"),
+    [
+        ('{"n": 1e400}', "record.n holds a number out of a double's range"),
+        ('{"a": [1.5, -2e308]}', "record.a[1] holds a number out of a double's range"),
+        ('{"n": 1e400, "m": NaN}', "holds NaN, which is not a JSON number"),
+        ('{"n": ' + "7" * 101 + "}", "record.n holds an integer of more than 100 digits"),
+        ('{"s": "\\ud800"}', "record.s holds a lone UTF-16 surrogate"),
+        ('{"email": "x-1e234@example.com", "n": 1e400}', "record.n holds a number out of"),
+    ],
+)
+def test_a_small_body_the_parser_refuses_gets_the_apps_400_not_a_500(
+    parked: Parked, lane_calls: list[str], record_json: str, message: str
+) -> None:
+    """Bodies the lane reads itself (small, async, cached key): what `load_json` refuses
+    is left to the app, which answers its 400 naming the value."""
+    warm(parked)
+    head = json.dumps({k: v for k, v in body(parked).items() if k != "record"})
+    raw = head[:-1] + ', "record": ' + record_json + "}"
+    with parked.tenant.client() as client:
+        response = client.post(
+            parked.tenant.write_path(),
+            content=raw.encode(),
+            headers={"content-type": "application/json"},
+        )
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    assert message in response.text
     assert lane_calls == []
 
 
