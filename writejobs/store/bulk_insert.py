@@ -91,7 +91,6 @@ def insert_rows_at_once(
             _recordset_rows(table, columns, rows),
             default=_json_value,
             separators=(",", ":"),
-            ensure_ascii=False,
         )
     session.execute(text(_recordset_statement(dialect, tuple(shapes))), values)
 
@@ -129,7 +128,8 @@ def _recordset_rows(
 ) -> Sequence[dict[str, Any]]:
     """The rows as `json_to_recordset` takes them: every column with a Python-side
     default set (a missing key would be NULL), JSON columns as their JSON text.
-    Rows that change are copied; the caller's stay as they were."""
+    Rows that change are copied; the caller's stay as they were. All JSON here is
+    ASCII, as COPY's was: a lone surrogate stays an escape, never bytes UTF-8 lacks."""
     plan = {name: (convert, default) for name, convert, default in _plan(table, columns)}
     encoded = [name for name in columns if isinstance(table.columns[name].type, JSON)]
     defaulted = [
@@ -149,7 +149,6 @@ def _recordset_rows(
                 shaped[name] = convert(default(None)) if callable(default) else default
         for name in encoded:
             if name in row:
-                # ASCII, as COPY's: a lone surrogate stays an escape, never bytes UTF-8 lacks.
                 shaped[name] = json.dumps(row[name], separators=(",", ":"))
         shaped_rows.append(shaped)
     return shaped_rows
