@@ -6,11 +6,13 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
 from sandbox.app import create_app as create_sandbox
 from tests.support.parked import Parked, parked_system
 from tests.support.servers import serve_in_thread
 from writejobs.settings import Settings
+from writejobs.store.db import create_session_factory, create_store_engine
 
 
 @pytest.fixture()
@@ -34,3 +36,11 @@ def sandbox(private_sandbox_url: str) -> Iterator[httpx.Client]:
     ) as client:
         client.post("/_sandbox/reset").raise_for_status()
         yield client
+
+
+@pytest.fixture()
+def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    """Sessions of the test's store, on an engine of the test's own."""
+    engine = create_store_engine(settings)
+    yield create_session_factory(engine)
+    engine.dispose()

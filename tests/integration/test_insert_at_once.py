@@ -4,7 +4,6 @@ would have left them (defaults, JSON, times), and on a failure no part is writte
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,19 +16,12 @@ from tests.support.system import Tenant, create_tenant
 from writejobs.core.operations import State
 from writejobs.settings import Settings
 from writejobs.store.bulk_insert import insert_rows_at_once
-from writejobs.store.db import create_session_factory, create_store_engine, statements_alone
+from writejobs.store.db import statements_alone
 from writejobs.store.tables import Operation, OperationLog
 
 _OPERATIONS: Table = Operation.__table__  # type: ignore[assignment]
 _LOGS: Table = OperationLog.__table__  # type: ignore[assignment]
 AT = datetime(2026, 12, 2, 1, 2, 3, 456789, tzinfo=UTC)
-
-
-@pytest.fixture()
-def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = create_store_engine(settings)
-    yield create_session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture()

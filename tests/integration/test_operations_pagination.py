@@ -5,7 +5,6 @@ client pages through neither shift the later pages nor hide rows from them."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,17 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from tests.support.system import Tenant, create_tenant
 from writejobs.settings import Settings
 from writejobs.store import operations_repo
-from writejobs.store.db import create_session_factory, create_store_engine
 from writejobs.store.tables import Operation
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture()
-def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = create_store_engine(settings)
-    yield create_session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture()
