@@ -28,7 +28,7 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Table
@@ -55,7 +55,9 @@ class _Ticket:
     operation: dict[str, Any]
     logs: list[dict[str, Any]]
     keys: Sequence[dict[str, Any]] = ()
-    done: threading.Event = field(default_factory=threading.Event)
+    # What a thread in `commit` waits on; an asyncio caller awaits `committed` instead
+    # (an Event is a lock and a condition: not made for every write on the loop).
+    done: threading.Event | None = None
     error: BaseException | None = None
     # An asyncio caller's loop and the future it awaits, settled on that loop.
     loop: asyncio.AbstractEventLoop | None = None
@@ -65,7 +67,8 @@ class _Ticket:
         self.error = error
         if self.loop is not None and self.committed is not None:
             _call_on(self.loop, _settle, self.committed, error)
-        self.done.set()
+        if self.done is not None:
+            self.done.set()
 
 
 def _finish_committed(group: list[_Ticket]) -> None:
@@ -76,7 +79,8 @@ def _finish_committed(group: list[_Ticket]) -> None:
     for ticket in group:
         if ticket.loop is not None and ticket.committed is not None:
             by_loop.setdefault(ticket.loop, []).append(ticket.committed)
-        ticket.done.set()
+        if ticket.done is not None:
+            ticket.done.set()
     for loop, futures in by_loop.items():
         _call_on(loop, _settle_committed, futures)
 
@@ -125,9 +129,10 @@ class GroupCommitter:
         Raises what the database raised when they could not be.
         """
         self._ensure_started()
-        ticket = _Ticket(operation, logs, keys)
+        done = threading.Event()
+        ticket = _Ticket(operation, logs, keys, done)
         self._queue.put(ticket)
-        ticket.done.wait()
+        done.wait()
         if ticket.error is not None:
             raise ticket.error
 
