@@ -8,14 +8,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
-from tests.support.system import Tenant, create_tenant
+from tests.support.system import Tenant, create_tenant, operation_row
 from writejobs.clock import utcnow
 from writejobs.settings import Settings
 from writejobs.store import operations_repo
@@ -39,23 +38,7 @@ def owner(settings: Settings) -> Tenant:
 
 
 def operation(tenant: Tenant, op_id: str | None = None) -> dict[str, Any]:
-    now = utcnow()
-    return {
-        "id": op_id or str(uuid.uuid4()),
-        "project_id": tenant.project_id,
-        "integration_id": tenant.integration_id,
-        "installation_id": tenant.installation_id,
-        "config_id": "c",
-        "object_name": "contacts",
-        "write_type": "create",
-        "mode": "asynchronous",
-        "shape": "single",
-        "request": {},
-        "state": "queued",
-        "created_at": now,
-        "updated_at": now,
-        "deadline_at": now + timedelta(hours=1),
-    }
+    return operation_row(tenant) if op_id is None else operation_row(tenant, id=op_id)
 
 
 def run_concurrently(calls: list[Any]) -> list[BaseException | None]:

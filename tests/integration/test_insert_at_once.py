@@ -3,7 +3,6 @@ would have left them (defaults, JSON, times), and on a failure no part is writte
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,7 +11,7 @@ from sqlalchemy import Table, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.support.system import Tenant, create_tenant
+from tests.support.system import Tenant, create_tenant, operation_row
 from writejobs.core.operations import State
 from writejobs.settings import Settings
 from writejobs.store.bulk_insert import insert_rows_at_once
@@ -30,32 +29,25 @@ def owner(settings: Settings) -> Tenant:
 
 
 def operation(tenant: Tenant, **fields: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
-        "project_id": tenant.project_id,
-        "integration_id": tenant.integration_id,
-        "installation_id": tenant.installation_id,
-        "config_id": "c",
-        "object_name": "contacts",
-        "write_type": "create",
-        "mode": "asynchronous",
-        "shape": "auto_batch",
-        # A payload with what JSON quoting must survive: quotes, a backslash, a tab, a
-        # NUL (the `json` type keeps it, text would not), non-ASCII, nesting and a
-        # number too large for 64 bits.
-        "request": {
+    """An auto-batched write's row, at a fixed time, with a payload that JSON quoting
+    must survive: quotes, a backslash, a tab, a NUL (the `json` type keeps it, text
+    would not), non-ASCII, nesting and a number too large for 64 bits."""
+    row = operation_row(
+        tenant,
+        shape="auto_batch",
+        request={
             "record": {
                 "name": 'O"Brien \\ \t \x00 Zoë',
                 "tags": ["a", {"b": None}],
                 "n": 2**70,
             }
         },
-        "state": State.PENDING,
-        "created_at": AT,
-        "updated_at": AT,
-        "deadline_at": AT + timedelta(hours=48),
-        "max_delay_s": 60.5,
-    }
+        state=State.PENDING,
+        created_at=AT,
+        updated_at=AT,
+        deadline_at=AT + timedelta(hours=48),
+        max_delay_s=60.5,
+    )
     row.update(fields)
     return row
 

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +251,31 @@ def create_tenant(
             )
     finally:
         engine.dispose()
+
+
+def operation_row(tenant: Tenant, **fields: Any) -> dict[str, Any]:
+    """An asynchronous single write's operation row in `tenant`'s installation, as the
+    intake would insert it, created now (for tests that insert rows themselves);
+    `fields` replace or add columns."""
+    now = utcnow()
+    row: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "project_id": tenant.project_id,
+        "integration_id": tenant.integration_id,
+        "installation_id": tenant.installation_id,
+        "config_id": "c",
+        "object_name": "contacts",
+        "write_type": "create",
+        "mode": "asynchronous",
+        "shape": "single",
+        "request": {},
+        "state": "queued",
+        "created_at": now,
+        "updated_at": now,
+        "deadline_at": now + timedelta(hours=1),
+    }
+    row.update(fields)
+    return row
 
 
 @contextmanager
